@@ -82,3 +82,14 @@ def get(slug: str) -> Paper:
 
 def implemented() -> list[Paper]:
     return [p for p in papers() if p.implemented]
+
+
+def markdown_table() -> str:
+    """The README's paper table (``companion list --markdown`` prints it; a test keeps README in sync)."""
+    rows = ["| # | paper | year | notebook | code |", "|---|---|---|---|---|"]
+    for p in papers():
+        title = f"[{p.title}]({p.paper_url})" if p.paper_url else p.title
+        nb = f"[`{p.slug}`](notebooks/{p.slug}.ipynb) ✅" if p.status == "implemented" else f"`{p.slug}` (planned)"
+        code = f"[code]({p.code_url})" if p.code_url else ""
+        rows.append(f"| {p.number} | {title} | {p.year or ''} | {nb} | {code} |")
+    return "\n".join(rows)

@@ -1,0 +1,195 @@
+"""companion.runner on a throw-away fixture project: run_all (2 real papermill runs), build_report, and
+validation before anything is written. The flagship notebooks are not needed."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from companion import catalog, claims, runner
+from companion.params import ParamError
+
+PARAMS_CELL = """profile = "ci"
+seed = 0
+device = "auto"
+out_dir = ""
+mask_fraction = 0.5
+dataset = "shapes"
+data_dir = ""
+"""
+
+GOOD_BODY = """import os
+import matplotlib.pyplot as plt
+from companion import claims, params
+cfg = params.resolve("good", globals())
+fig, ax = plt.subplots(figsize=(2, 2))
+ax.plot([0, 1], [0, cfg.mask_fraction])
+fig.savefig(os.path.join(cfg.out_dir, "curve.png"))
+plt.show()
+t = claims.ClaimTable("good", cfg.profile, cfg.seed)
+t.add("bigger is better", "score", "base", 1.0, "masked", 2.0, "higher")
+t.add("fraction helps", "score", "base", 1.0, "masked", cfg.mask_fraction, "higher",
+      note=f"threads={os.environ.get('COMPANION_THREADS')} launcher={os.getppid()}")
+t.add("within margin", "loss", "base", 1.0, "masked", 0.99, "lower", margin=0.1)
+t.add("needs a GPU", "accuracy", "base", None, "masked", None, "higher", testable=False)
+t.write(cfg.out_dir)
+t
+"""
+
+BROKEN_BODY = """from companion import params
+cfg = params.resolve("broken", globals())
+raise ValueError("boom from the broken notebook")
+"""
+
+PAPERS = [("good", "implemented", GOOD_BODY), ("broken", "implemented", BROKEN_BODY), ("idea", "planned", None)]
+
+
+def make_project(root: Path) -> Path:
+    """A project with three papers: ``good`` (writes 4 claims, one per verdict, and a PNG), ``broken``
+    (raises in its second cell) and ``idea`` (planned, no notebook)."""
+    nbdir = root / "notebooks"
+    (nbdir / "params").mkdir(parents=True)
+    toml = ""
+    for i, (slug, status, body) in enumerate(PAPERS, 1):
+        toml += (f'[[papers]]\nnumber = {i}\nslug = "{slug}"\ntitle = "The {slug} paper on masking"\nyear = 2024\n'
+                 f'venue = "X"\npaper_url = "https://example.org/{slug}"\ncode_url = "https://example.org/{slug}/code"\n'
+                 f'topic = "test"\nstatus = "{status}"\n\n')
+        (nbdir / "params" / f"{slug}.toml").write_text(
+            '[mask_fraction]\nhelp = "share of masked pixels"\nci = 0.5\nfull = 0.5\nmin = 0.0\nmax = 1.0\n\n'
+            '[dataset]\nci = "shapes"\nfull = "fashion_mnist"\nchoices = ["shapes", "fashion_mnist"]\n\n'
+            '[data_dir]\nci = ""\nfull = ""\n')
+        if body is not None:
+            nb = nbformat.v4.new_notebook()
+            nb.cells = [nbformat.v4.new_markdown_cell(f"# {slug}"),
+                        nbformat.v4.new_code_cell(PARAMS_CELL, metadata={"tags": ["parameters"]}),
+                        nbformat.v4.new_code_cell(body)]
+            nbformat.write(nb, str(nbdir / f"{slug}.ipynb"))
+    (nbdir / "papers.toml").write_text(toml)
+    return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = make_project(tmp_path_factory.mktemp("proj"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("COMPANION_ROOT", str(root))
+        mp.setenv("MPLBACKEND", "Agg")  # the runner must hide it from kernels, or figures vanish
+        mp.delenv("COMPANION_THREADS", raising=False)
+        yield root
+
+
+@pytest.fixture(scope="module")
+def results(project):
+    """The two implemented fixture notebooks, run once in worker processes with 2 threads each."""
+    out = runner.run_all(jobs=2, threads=2, progress_bar=False)
+    return {r.slug: r for r in out}
+
+
+def test_fixture_catalog(project):
+    assert [p.slug for p in catalog.implemented()] == ["good", "broken"]
+    assert catalog.project_root() == project.resolve()
+
+
+def no_real_data(monkeypatch):
+    """Pretend no real dataset is prepared (this machine may have Fashion-MNIST installed)."""
+    from companion import data
+
+    monkeypatch.setattr(data, "available", lambda name, data_dir="": name == "shapes")
+
+
+def test_bad_input_raises_before_anything_is_written(project, tmp_path, monkeypatch):
+    no_real_data(monkeypatch)
+    out = tmp_path / "out"
+    cases = [
+        ({"slug": "nope"}, catalog.CatalogError, "nope"),
+        ({"slug": "idea"}, catalog.CatalogError, "no notebook"),
+        ({"slug": "good", "profile": "huge"}, ParamError, "huge"),
+        ({"slug": "good", "overrides": {"mask_fractoin": 0.1}}, ParamError, "did you mean mask_fraction"),
+        ({"slug": "good", "overrides": {"mask_fraction": 2}}, ParamError, "out of range"),
+        ({"slug": "good", "overrides": {"mask_fraction": "lots"}}, ParamError, "not a valid float"),
+        ({"slug": "good", "seed": -1}, ParamError, "seed"),
+        ({"slug": "good", "profile": "full"}, ParamError, "dataset 'fashion_mnist' is not prepared; run: python data_scripts/"),
+    ]
+    for kwargs, exc, text in cases:
+        with pytest.raises(exc, match=text) as info:
+            runner.run_notebook(out_dir=out, **kwargs)
+        assert "\n" not in str(info.value)
+        assert not out.exists(), kwargs
+    assert not (project / "runs").exists()
+    with pytest.raises(ParamError, match="threads"):
+        runner.run_all(threads=0)
+    assert not (project / "runs").exists()
+
+
+def test_prepare_resolves_profile_seed_overrides_and_out_dir(project, tmp_path):
+    paper, values, out = runner.prepare("good", "ci", seed=7, overrides={"mask_fraction": "0.125"})
+    assert paper.slug == "good"
+    assert values["seed"] == 7 and values["mask_fraction"] == 0.125 and values["profile"] == "ci"
+    assert out == project.resolve() / "runs" / "good" and values["out_dir"] == str(out)
+    _, values, out = runner.prepare("good", out_dir=tmp_path / "x")
+    assert values["out_dir"] == str((tmp_path / "x").resolve()) and not out.exists()
+
+
+def test_run_all_runs_every_notebook_and_survives_a_failure(project, results):
+    assert list(results) == ["good", "broken"]
+    good, broken = results["good"], results["broken"]
+    runs = project.resolve() / "runs"
+
+    assert good.ok, good.error
+    assert good.out_dir == runs / "good" and good.notebook == runs / "good" / "good.ipynb"
+    assert good.notebook.is_file() and good.seconds > 0
+    assert good.claims == claims.load(runs / "good" / "claims.json")
+    assert good.claims["paper"] == "good" and good.claims["profile"] == "ci"
+    assert [c["verdict"] for c in good.claims["claims"]] == list(claims.VERDICTS)
+    assert good.verdict_counts() == dict.fromkeys(claims.VERDICTS, 1)
+    assert good.figures == [runs / "good" / "curve.png"]
+    note = good.claims["claims"][1]["note"]
+    assert "threads=2" in note  # the thread setting reached the kernel
+    assert f"launcher={os.getpid()}" not in note  # the kernel was started by a worker process
+
+    assert not broken.ok and broken.claims is None
+    assert "ValueError" in broken.error and "boom from the broken notebook" in broken.error
+    assert "\n" not in broken.error
+    assert broken.notebook.is_file()  # papermill writes the failed notebook, for inspection
+    assert "MPLBACKEND" not in os.environ or os.environ["MPLBACKEND"] == "Agg"
+
+
+def test_executed_notebook_has_parameters_and_inline_figure(results):
+    nb = nbformat.read(str(results["good"].notebook), as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and str(results["good"].out_dir) in injected[0].source
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    # MPLBACKEND=Agg in the parent would leave no image/png output
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+    assert nb.metadata.papermill.parameters["profile"] == "ci"
+
+
+def test_build_report(project, results):
+    index = runner.build_report()
+    runs = project.resolve() / "runs"
+    assert index == runs / "index.html"
+    page = index.read_text()
+    for v in claims.VERDICTS:
+        assert f">{v}</td>" in page
+    assert ">not run</td>" in page and ">failed</td>" in page  # idea was never run; broken failed
+    assert "href='good/good.html'" in page and "href='broken/broken.html'" in page
+    assert "href='good/curve.png'" in page
+    for slug in ("good", "broken", "idea"):
+        assert f"The {slug} paper on masking" in page
+
+    rendered = (runs / "good" / "good.html").read_text()
+    assert "mask_fraction" in rendered and "data:image/png" in rendered  # the notebook and its figure
+    assert "# Parameters" not in rendered  # papermill's injected-parameters cell is removed
+    src = json.loads(results["good"].notebook.read_text())
+    assert any(c["source"] and "".join(c["source"]).startswith("# Parameters") for c in src["cells"])
+    assert "boom from the broken notebook" in (runs / "broken" / "broken.html").read_text()
+
+
+def test_build_report_missing_dir(project, tmp_path):
+    with pytest.raises(FileNotFoundError):
+        runner.build_report(tmp_path / "nothing")
+    assert not (tmp_path / "nothing").exists()
