@@ -82,10 +82,13 @@ class ClaimTable:
             expected: str, note: str = "", margin: float = 0.0, paired=None, testable: bool = True,
             valid: bool = True) -> Claim:
         """Record a claim; its verdict is computed from the values. Returns the claim."""
-        to_float = lambda v: None if v is None else round(float(v), 6)  # noqa: E731
+        baseline_value = None if baseline_value is None else float(baseline_value)  # tensors, numpy scalars
+        method_value = None if method_value is None else float(method_value)
+        if any(c.name == name for c in self.claims):
+            raise ValueError(f"claim {name!r} is already recorded; claim names must be unique")
         v = verdict(baseline_value, method_value, expected, margin, paired, testable, valid)
-        claim = Claim(name, metric, baseline, to_float(baseline_value), method, to_float(method_value),
-                      expected, v, note)
+        rounded = lambda x: None if x is None else round(x, 6)
+        claim = Claim(name, metric, baseline, rounded(baseline_value), method, rounded(method_value), expected, v, note)
         self.claims.append(claim)
         return claim
 

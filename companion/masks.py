@@ -58,19 +58,20 @@ def background_blocks(objects: torch.Tensor, block: int, count: int, margin: int
     return keep
 
 
-def background_patches(objects: torch.Tensor, patch: int, ratio: float,
+def background_patches(objects: torch.Tensor, patch: int, share: float,
                        generator: torch.Generator | None = None) -> torch.Tensor:
-    """Remove ``round(ratio * B)`` of the B grid patches of each image that hold no object pixel.
+    """Remove ``round(share * L)`` of the L grid patches of each image, drawn among the patches that hold
+    no object pixel (fewer if there are not enough of them).
 
     Patch-aligned, so the same mask means the same thing to a CNN (pixels) and a ViT (tokens).
     """
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"ratio must be in [0, 1], got {ratio}")
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share must be in [0, 1], got {share}")
     n, _, h, w = objects.shape
     free = F.max_pool2d(objects.float(), patch, patch).flatten(1) == 0  # (N, L) background-only patches
     score = torch.rand(free.shape, generator=generator).masked_fill(~free, 2.0)  # background patches first
     rank = score.argsort(dim=1).argsort(dim=1)
-    n_drop = (free.sum(1, keepdim=True) * ratio).round()
+    n_drop = torch.minimum(free.sum(1, keepdim=True), torch.tensor(round(share * free.shape[1])))
     keep = (rank >= n_drop).view(n, 1, h // patch, w // patch)
     return keep.repeat_interleave(patch, 2).repeat_interleave(patch, 3)
 

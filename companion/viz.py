@@ -67,8 +67,7 @@ def grouped_bars(groups: dict[str, dict[str, float]], ylabel: str, title: str = 
     ax.set_xticks(np.arange(len(names)), names)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, ncol=min(6, len(strategies) + 1), loc="upper center", bbox_to_anchor=(0.5, -0.15),
-              frameon=False)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     return fig

@@ -52,3 +52,13 @@ def test_table_writes_the_schema(tmp_path):
                                      "expected", "verdict", "note"}
     assert claims.load(tmp_path) == doc
     assert "supported" in t._repr_html_() and "| leak |" in t.to_markdown()
+
+
+def test_tensor_values_are_accepted_and_names_are_unique():
+    import torch
+
+    t = claims.ClaimTable("p", "ci", 0)
+    c = t.add("a", "m", "b", torch.tensor(0.5), "x", torch.tensor(0.1), "lower")
+    assert c.verdict == "supported" and c.baseline_value == 0.5
+    with pytest.raises(ValueError, match="unique"):
+        t.add("a", "m", "b", 0.5, "x", 0.1, "lower")

@@ -30,11 +30,13 @@ def test_background_blocks_never_touch_the_object():
 def test_background_patches_are_patch_aligned_and_off_object():
     objects = torch.zeros(2, 1, 16, 16, dtype=torch.bool)
     objects[:, :, 0:3, 0:3] = True
-    keep = masks.background_patches(objects, 4, 0.5, torch.Generator().manual_seed(0))
+    keep = masks.background_patches(objects, 4, 0.25, torch.Generator().manual_seed(0))
     removed = (~keep).float().view(2, 4, 4, 4, 4).mean(dim=(2, 4))
     assert ((removed == 0) | (removed == 1)).all()
     assert keep[objects].all()
-    assert (removed.sum(dim=(1, 2)) == round(15 * 0.5)).all()
+    assert (removed.sum(dim=(1, 2)) == 4).all()  # a quarter of the 16 patches
+    # never more than the 15 background patches
+    assert (~masks.background_patches(objects, 4, 1.0)).float().view(2, -1).sum(1).tolist() == [15 * 16] * 2
 
 
 def test_silhouette_removes_exactly_the_object():

@@ -61,3 +61,10 @@ def test_catalog_lists_39_unique_papers():
     assert [p.number for p in papers] == list(range(1, 40))
     assert all(p.status in ("implemented", "planned") for p in papers)
     assert catalog.get("layer_masking").implemented
+
+
+def test_readme_paper_table_is_generated_from_the_catalog():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- papers:start")[1].split("<!-- papers:end -->")[0]
+    assert block.split("\n", 1)[1].strip() == catalog.markdown_table().strip(), \
+        "README table is stale: regenerate it with `companion list --markdown`"
