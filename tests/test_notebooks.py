@@ -24,8 +24,17 @@ EXPECTED = {
 PAPERS = [p.slug for p in catalog.implemented()]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread_per_kernel():
+    """Tests run two at a time on two cores: one torch thread per kernel avoids oversubscription."""
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ("COMPANION_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            mp.setenv(var, "1")
+        yield
+
+
 @pytest.fixture(scope="module", params=PAPERS)
-def run(request, tmp_path_factory):
+def run(request, tmp_path_factory, one_thread_per_kernel):
     out = tmp_path_factory.mktemp(request.param)
     return runner.run_notebook(request.param, "ci", seed=0, out_dir=out, progress_bar=False)
 
