@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 
-def random_patches(n: int, size: int, patch: int, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_patches(n: int, size: int, patch: int, ratio: float,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
     """Remove exactly ``round(ratio * L)`` of the L = (size/patch)² grid patches of each image, uniformly."""
     if size % patch:
         raise ValueError(f"size {size} is not a multiple of patch {patch}")

@@ -68,3 +68,9 @@ def test_readme_paper_table_is_generated_from_the_catalog():
     block = readme.split("<!-- papers:start")[1].split("<!-- papers:end -->")[0]
     assert block.split("\n", 1)[1].strip() == catalog.markdown_table().strip(), \
         "README table is stale: regenerate it with `companion list --markdown`"
+
+
+def test_code_passes_ruff():
+    result = subprocess.run([Path(sys.executable).parent / "ruff", "check", "companion", "tests", "benchmarks",
+                             "data_scripts"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:]
