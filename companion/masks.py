@@ -94,8 +94,9 @@ def superpixels(image: torch.Tensor, n_segments: int = 40, compactness: float = 
     from skimage.segmentation import slic
 
     arr = image.permute(1, 2, 0).numpy().astype(np.float64)
-    labels = slic(arr, n_segments=n_segments, compactness=compactness, start_label=0,
-                  channel_axis=-1 if arr.shape[2] > 1 else None, enforce_connectivity=True)
+    grey = arr.shape[2] == 1
+    labels = slic(arr[..., 0] if grey else arr, n_segments=n_segments, compactness=compactness, start_label=0,
+                  channel_axis=None if grey else -1, enforce_connectivity=True)
     _, dense = np.unique(labels, return_inverse=True)
     return torch.from_numpy(dense.reshape(labels.shape).astype(np.int64))
 

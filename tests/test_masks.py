@@ -61,3 +61,10 @@ def test_superpixels_cover_the_image_with_dense_labels():
     for s in seg.unique():
         side = (seg == s).nonzero()[:, 1] >= 12
         assert side.all() or (~side).all()
+
+
+def test_superpixels_of_a_greyscale_image_are_two_dimensional():
+    img = torch.zeros(1, 28, 28)
+    img[:, 8:20, 8:20] = 1.0
+    seg = masks.superpixels(img, 10)
+    assert seg.shape == (28, 28) and seg.max() >= 2

@@ -74,3 +74,17 @@ def test_same_seed_gives_identical_claims(run, tmp_path):
     again = runner.run_notebook(run.slug, "ci", seed=0, out_dir=tmp_path, progress_bar=False)
     assert again.ok, again.error
     assert claims.load(tmp_path) == claims.load(run.out_dir)
+
+
+@pytest.mark.parametrize("slug", PAPERS)
+def test_nbval_runs_the_notebook_with_its_defaults(slug, one_thread_per_kernel):
+    """The README's `pytest --nbval-lax notebooks/<slug>.ipynb` works (defaults = the ci profile)."""
+    import subprocess
+    import sys
+
+    nb = catalog.get(slug).notebook  # with its defaults it writes to runs/<slug>, as for a user
+    env = {**__import__("os").environ, "COMPANION_ROOT": str(catalog.project_root())}
+    env.pop("MPLBACKEND", None)
+    result = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:xdist", "-q", "-p",
+                             "no:cacheprovider", str(nb)], cwd=nb.parent, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stdout[-3000:]
