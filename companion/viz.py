@@ -52,7 +52,10 @@ def image_grid(rows: list[list[torch.Tensor]], row_titles=None, col_titles=None,
 
 def grouped_bars(groups: dict[str, dict[str, float]], ylabel: str, title: str = "", reference=None,
                  reference_label: str = "chance", errors: dict[str, dict[str, float]] | None = None):
-    """Bars of ``groups[group][strategy]``, strategies side by side within each group."""
+    """Bars of ``groups[group][strategy]``, strategies side by side within each group.
+
+    ``reference`` is a dashed level: one number for all groups, or ``{group: level}``.
+    """
     names = list(groups)
     strategies = list(dict.fromkeys(s for g in groups.values() for s in g))
     width = 0.8 / len(strategies)
@@ -62,7 +65,11 @@ def grouped_bars(groups: dict[str, dict[str, float]], ylabel: str, title: str = 
         ys = [groups[g].get(s, np.nan) for g in names]
         err = [errors[g].get(s, 0) for g in names] if errors else None
         ax.bar(xs, ys, width, yerr=err, label=s, color=STRATEGY_COLOURS.get(s), edgecolor="white", capsize=2)
-    if reference is not None:
+    if isinstance(reference, dict):  # one reference level per group, drawn across that group's bars
+        for i, g in enumerate(names):
+            ax.hlines(reference[g], i - 0.45, i + 0.45, colors="k", linestyles="--", lw=1,
+                      label=reference_label if i == 0 else None)
+    elif reference is not None:
         ax.axhline(reference, ls="--", c="k", lw=1, label=reference_label)
     ax.set_xticks(np.arange(len(names)), names)
     ax.set_ylabel(ylabel)

@@ -1,0 +1,40 @@
+import matplotlib
+
+matplotlib.use("Agg")  # tests only; the package never picks a backend
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from companion import viz  # noqa: E402
+
+
+def test_grouped_bars_draw_one_bar_per_group_and_strategy_and_per_group_references(tmp_path):
+    fig = viz.grouped_bars({"a": {"grey": 0.5, "layer": 0.1}, "b": {"grey": 0.4, "layer": 0.2}}, "acc",
+                           reference={"a": 0.25, "b": 0.1})
+    ax = fig.axes[0]
+    heights = sorted(round(p.get_height(), 2) for p in ax.patches)
+    assert heights == [0.1, 0.2, 0.4, 0.5]
+    levels = sorted(round(float(seg[0][1]), 2) for c in ax.collections for seg in c.get_segments())
+    assert levels == [0.1, 0.25]
+    path = viz.save(fig, tmp_path, "bars")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_image_grid_and_attribution_rows_have_a_panel_per_item():
+    imgs = [torch.rand(3, 8, 8) for _ in range(3)]
+    fig = viz.image_grid([imgs, imgs[:2]], row_titles=["x", "y"], col_titles=["1", "2", "3"])
+    assert len(fig.axes) == 6 and not fig.axes[5].axison
+    seg = torch.arange(4).repeat_interleave(2).view(1, 8).expand(8, 8)
+    fig = viz.attribution_rows(torch.stack(imgs[:2]), {"grey": [torch.rand(4)] * 2, "layer": [torch.rand(4)] * 2},
+                               [seg, seg], torch.rand(2, 1, 8, 8) > 0.5)
+    assert len(fig.axes) == 2 * 3
+
+
+def test_segment_heatmap_spreads_scores_over_segments():
+    seg = torch.tensor([[0, 1], [1, 2]])
+    assert np.array_equal(viz.segment_heatmap(torch.tensor([1.0, 2.0, 3.0]), seg), [[1, 2], [2, 3]])
+
+
+def test_map_rows_share_a_colour_scale_per_column():
+    fig = viz.map_rows({"a": [np.ones((2, 2)), np.zeros((2, 2))], "b": [2 * np.ones((2, 2)), np.ones((2, 2))]},
+                       ["l1", "l2"])
+    assert fig.axes[0].images[0].get_clim() == fig.axes[2].images[0].get_clim()
