@@ -40,6 +40,14 @@ def _init_weights(model: nn.Module) -> None:
 class _Classifier(nn.Module):
     """Shared head: global average pool -> flatten -> linear. Subclasses define ``forward_features``."""
 
+    def _build_head(self, num_features: int, num_classes: int) -> None:
+        """Global average pool -> flatten -> linear; then initialise all weights."""
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
+        self.fc = nn.Linear(num_features, num_classes)
+        self.num_features = num_features
+        _init_weights(self)
+
     def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w) feature map -> (N, num_classes) logits."""
         return self.fc(self.flatten(self.pool(feats)))
@@ -65,11 +73,7 @@ class SmallCNN(_Classifier):
             layers.append(conv_bn_relu(prev, width))
             prev = width
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
-        self.fc = nn.Linear(prev, num_classes)
-        self.num_features = prev
-        _init_weights(self)
+        self._build_head(prev, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_channels, H, W) -> (N, widths[-1], H / 2**(len(widths)-1), W / 2**(len(widths)-1))."""
@@ -133,11 +137,7 @@ class ResNet(_Classifier):
             stages.append(nn.Sequential(*stage))
             prev = width
         self.stages = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
-        self.fc = nn.Linear(prev, num_classes)
-        self.num_features = prev
-        _init_weights(self)
+        self._build_head(prev, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_channels, H, W) -> (N, widths[-1], h, w)."""
