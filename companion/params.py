@@ -17,6 +17,7 @@ the parameter and what is allowed; the CLI turns it into exit code 2 before anyt
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -25,6 +26,7 @@ from typing import Any
 from . import catalog
 
 PROFILES = ("ci", "full")
+RESOLVED_ENV = "COMPANION_PARAMS_RESOLVED"  # set by the runner: injected values are final
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -150,14 +152,16 @@ def resolve(slug: str, namespace: dict[str, Any], show: bool = True) -> SimpleNa
     """The notebook's first setup call: read its parameters from ``namespace`` (``globals()``), validate.
 
     With ``profile="full"``, parameters still at their ``ci`` value take the ``full`` value, so that
-    changing the one ``profile`` line scales the notebook; values set to anything else are kept.
+    changing the one ``profile`` line scales the notebook; values set to anything else are kept. Under
+    ``companion run`` the runner has already chosen every value (``$COMPANION_PARAMS_RESOLVED``), so an
+    explicit ``-p name <its ci value>`` with ``--profile full`` is kept as given.
     """
     table = specs(slug)
     given = {name: namespace[name] for name in table if name in namespace}
     profile = given.get("profile", "ci")
     if profile not in PROFILES:
         raise ParamError(f"profile={profile!r} is not allowed; choose one of {', '.join(PROFILES)}")
-    if profile == "full":
+    if profile == "full" and not os.environ.get(RESOLVED_ENV):
         given = {n: (table[n].full if v == table[n].ci else v) for n, v in given.items()}
     values = validate(slug, given)
     check_data(values)

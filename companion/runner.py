@@ -129,7 +129,7 @@ def run_notebook(slug: str, profile: str = "ci", seed: int | None = None, overri
     start, t0 = time.time(), time.perf_counter()
     error = ""
     try:
-        with _KernelEnv():
+        with _KernelEnv({params.RESOLVED_ENV: "1"}):  # values are final: resolve() must not rescale them
             pm.execute_notebook(
                 str(paper.notebook), str(executed), parameters=values, kernel_name="python3", language="python",
                 cwd=str(catalog.notebooks_dir()), start_timeout=180, execution_timeout=timeout,

@@ -46,6 +46,8 @@ def test_resolve_scales_untouched_values_to_full(monkeypatch):
     p = params.resolve("layer_masking", ns, show=False)
     assert p.train_steps == 7  # set by the user: kept
     assert p.lime_samples == full["lime_samples"]  # left at ci: scaled
+    monkeypatch.setenv(params.RESOLVED_ENV, "1")  # under the runner every value is already final
+    assert params.resolve("layer_masking", ns, show=False).lime_samples == ci["lime_samples"]
 
 
 def test_missing_dataset_names_the_preparing_command(monkeypatch, tmp_path):
