@@ -6,6 +6,8 @@ False = removed; segment maps are int (H,W) with labels 0..S-1.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -104,3 +106,103 @@ def superpixels(image: torch.Tensor, n_segments: int = 40, compactness: float = 
 def segments_to_mask(keep_segments: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
     """(B,S) segment keep-vector (bool or 0/1) and an (H,W) segment map → (B,1,H,W) bool pixel mask."""
     return keep_segments.bool()[:, segments][:, None]
+
+
+# ---- token masks for masked image modelling --------------------------------------------------------------
+# Token masks are bool (N, L) over the L patches of a grid, row-major, with True = visible (kept), like the
+# pixel masks above. ``token_to_pixel_mask`` turns one into a pixel mask.
+
+def _num_visible(num_tokens: int, ratio: float) -> int:
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"ratio must be in [0, 1], got {ratio}")
+    return num_tokens - round(ratio * num_tokens)
+
+
+def token_ratio_mask(n: int, num_tokens: int, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform random token mask (MAE): exactly ``num_tokens - round(ratio * num_tokens)`` visible per row.
+
+    Drawn as MAE does (argsort of uniform noise, smallest noise kept), so with the same generator state it
+    equals the mask of ``companion.models.MAE.random_masking``. Returns (N, L) bool, True = visible.
+    """
+    n_keep = _num_visible(num_tokens, ratio)
+    rank = torch.rand(n, num_tokens, generator=generator).argsort(dim=1).argsort(dim=1)  # [N, L]
+    return rank < n_keep
+
+
+def token_to_pixel_mask(visible: torch.Tensor, patch: int) -> torch.Tensor:
+    """(N, L) token mask on a square grid → (N, 1, H, W) pixel mask with H = W = sqrt(L)·patch."""
+    side = math.isqrt(visible.shape[1])
+    if side * side != visible.shape[1]:
+        raise ValueError(f"token mask length {visible.shape[1]} is not a square grid")
+    keep = visible.bool().view(-1, 1, side, side)
+    return keep.repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+
+
+NOISE_COLOURS = ("white", "red", "blue", "green", "purple")
+
+
+def colour_noise(n: int, grid: int, colour: str, generator: torch.Generator | None = None,
+                 sigma_fine: float = 0.5, sigma_coarse: float = 1.5) -> torch.Tensor:
+    """ColorMAE's filtered noise (Hinojosa et al., 2024): (N, grid, grid) float, zero mean and unit variance.
+
+    White Gaussian noise W is filtered with Gaussian blurs G_σ (σ in tokens), as in the paper:
+    red = G_coarse * W (low-pass), blue = W − G_fine * W (high-pass), green = G_fine * W − G_coarse * W
+    (band-pass, a difference of Gaussians), purple = W − green (band-stop). The blurs are applied as
+    their Fourier transfer functions exp(−2π²σ²f²), on a canvas twice the grid so the crop has no
+    wrap-around. (The paper crops precomputed large textures; stationary noise makes that equivalent.)
+    """
+    if colour not in NOISE_COLOURS:
+        raise ValueError(f"colour must be one of {NOISE_COLOURS}, got {colour!r}")
+    size = 2 * grid
+    white = torch.randn(n, size, size, generator=generator, dtype=torch.float64)
+    f = torch.fft.fftfreq(size, dtype=torch.float64)  # cycles per token
+    f2 = f[:, None] ** 2 + f[None, :] ** 2
+    fine, coarse = torch.exp(-2 * math.pi**2 * sigma_fine**2 * f2), torch.exp(-2 * math.pi**2 * sigma_coarse**2 * f2)
+    transfer = {"white": torch.ones_like(f2), "red": coarse, "blue": 1 - fine, "green": fine - coarse,
+                "purple": 1 - (fine - coarse)}[colour]
+    noise = torch.fft.ifft2(torch.fft.fft2(white) * transfer).real[:, :grid, :grid]
+    noise = noise - noise.mean(dim=(1, 2), keepdim=True)
+    return (noise / noise.std(dim=(1, 2), keepdim=True).clamp(min=1e-12)).float()
+
+
+def colour_noise_mask(n: int, grid: int, ratio: float, colour: str = "green",
+                      generator: torch.Generator | None = None, **sigmas: float) -> torch.Tensor:
+    """ColorMAE mask: the ``grid² - round(ratio·grid²)`` tokens with the **highest** filtered-noise values
+    stay visible (as in the paper's code), the rest are removed. Returns (N, grid²) bool, True = visible.
+
+    ``sigmas``: ``sigma_fine`` / ``sigma_coarse`` of ``colour_noise``.
+    """
+    n_keep = _num_visible(grid * grid, ratio)
+    noise = colour_noise(n, grid, colour, generator, **sigmas).flatten(1)  # [N, L]
+    rank = noise.argsort(dim=1, descending=True).argsort(dim=1)
+    return rank < n_keep
+
+
+def radial_power_spectrum(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Radially averaged power spectrum of square masks, the mean over the batch.
+
+    ``masks``: (N, L) token masks on a square grid, (N, S, S) or (N, 1, S, S); bool or float. Each mask's mean
+    is removed first, so the DC term is 0. Returns (frequency in cycles per token [B], power [B]) for the
+    integer radii 0 .. S//2 of the 2-D FFT (corner frequencies beyond
+    Nyquist are left out).
+    """
+    m = masks.float()
+    if m.dim() == 2:
+        side = math.isqrt(m.shape[1])
+        if side * side != m.shape[1]:
+            raise ValueError(f"token mask length {m.shape[1]} is not a square grid")
+        m = m.view(-1, side, side)
+    elif m.dim() == 4:
+        m = m[:, 0]
+    size = m.shape[-1]
+    if m.shape[-2] != size:
+        raise ValueError(f"masks must be square, got {tuple(m.shape[-2:])}")
+    m = m - m.mean(dim=(1, 2), keepdim=True)
+    power = (torch.fft.fft2(m).abs() ** 2).mean(dim=0) / size**2  # [S, S]
+    k = torch.fft.fftfreq(size) * size  # integer frequencies
+    radius = torch.sqrt(k[:, None] ** 2 + k[None, :] ** 2).round().long()
+    bins = size // 2 + 1
+    inside = radius < bins
+    total = torch.zeros(bins).index_add_(0, radius[inside], power[inside])
+    count = torch.zeros(bins).index_add_(0, radius[inside], torch.ones_like(power[inside]))
+    return torch.arange(bins) / size, total / count.clamp(min=1)

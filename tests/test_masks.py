@@ -68,3 +68,55 @@ def test_superpixels_of_a_greyscale_image_are_two_dimensional():
     img[:, 8:20, 8:20] = 1.0
     seg = masks.superpixels(img, 10)
     assert seg.shape == (28, 28) and seg.max() >= 2
+
+
+def test_token_ratio_mask_is_exact_and_seeded():
+    visible = masks.token_ratio_mask(50, 64, 0.75, torch.Generator().manual_seed(0))
+    assert visible.shape == (50, 64) and visible.dtype == torch.bool
+    assert (visible.sum(1) == 16).all()
+    assert torch.equal(visible, masks.token_ratio_mask(50, 64, 0.75, torch.Generator().manual_seed(0)))
+    assert (masks.token_ratio_mask(3, 10, 0.0).sum(1) == 10).all()
+    with pytest.raises(ValueError, match="ratio"):
+        masks.token_ratio_mask(1, 10, -0.1)
+
+
+def test_token_to_pixel_mask_is_patch_aligned():
+    visible = torch.zeros(1, 4, dtype=torch.bool)
+    visible[0, 1] = True  # row 0, column 1
+    keep = masks.token_to_pixel_mask(visible, 3)
+    assert keep.shape == (1, 1, 6, 6) and keep[0, 0, :3, 3:].all() and keep.sum() == 9
+
+
+@pytest.mark.parametrize("colour", masks.NOISE_COLOURS)
+def test_colour_noise_mask_keeps_an_exact_count_of_the_highest_values(colour):
+    visible = masks.colour_noise_mask(20, 8, 0.75, colour, torch.Generator().manual_seed(0))
+    assert visible.shape == (20, 64) and (visible.sum(1) == 16).all()
+    noise = masks.colour_noise(20, 8, colour, torch.Generator().manual_seed(0)).flatten(1)
+    assert (noise[visible].view(20, 16).min(1).values > noise[~visible].view(20, 48).max(1).values).all()
+    again = masks.colour_noise_mask(20, 8, 0.75, colour, torch.Generator().manual_seed(0))
+    assert torch.equal(visible, again)
+
+
+def test_colour_noise_spectra_are_ordered_as_the_colours_say():
+    g = torch.Generator().manual_seed(0)
+    spectra = {c: masks.radial_power_spectrum(masks.colour_noise_mask(400, 8, 0.75, c, g))[1]
+               for c in masks.NOISE_COLOURS}
+    low, mid, high = 1, 2, 4  # radii in cycles per 8 tokens
+    red, blue, green, purple, white = (spectra[c] for c in ("red", "blue", "green", "purple", "white"))
+    assert red[low] > 2 * blue[low] and blue[high] > 2 * red[high]  # red low-pass, blue high-pass
+    assert red[low] > red[mid] > red[high] and blue[low] < blue[mid] < blue[high]
+    assert green[mid] > green[low] and green[mid] > green[high]  # band-pass peaks mid-band
+    assert purple[mid] < purple[low] and purple[mid] < purple[high]  # band-stop dips there
+    assert white.max() / white[1:].min() < 1.2  # white is flat
+    assert spectra["white"][0] == 0  # mean removed
+
+
+def test_radial_power_spectrum_of_stripes_sits_at_nyquist():
+    stripes = (torch.arange(8)[None, :] % 2).expand(8, 8)  # alternating columns: 0.5 cycles per token
+    freq, power = masks.radial_power_spectrum(stripes[None].bool())
+    assert freq[-1] == 0.5 and power.argmax() == len(power) - 1 and power[:-1].max() < 1e-6 * power[-1]
+
+
+def test_colour_noise_rejects_unknown_colour():
+    with pytest.raises(ValueError, match="colour"):
+        masks.colour_noise_mask(1, 8, 0.5, "pink")
