@@ -206,3 +206,24 @@ def radial_power_spectrum(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     total = torch.zeros(bins).index_add_(0, radius[inside], power[inside])
     count = torch.zeros(bins).index_add_(0, radius[inside], torch.ones_like(power[inside]))
     return torch.arange(bins) / size, total / count.clamp(min=1)
+
+
+def hard_patch_mask(scores: torch.Tensor, ratio: float, hard_fraction: float,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """HPM's mask (Wang et al., Hard Patches Mining): remove the hardest patches, then random ones.
+
+    ``scores`` (N, L): predicted difficulty per patch (higher = harder). Of the ``round(ratio·L)`` removed
+    patches of each row, ``int(removed · hard_fraction)`` are those with the highest scores; the rest are
+    drawn uniformly among the other patches. ``hard_fraction=0`` gives exactly ``token_ratio_mask`` for the
+    same generator state. HPM raises ``hard_fraction`` from 0 to 0.5 during training (easy → hard).
+    Returns (N, L) bool, True = visible.
+    """
+    if not 0.0 <= hard_fraction <= 1.0:
+        raise ValueError(f"hard_fraction must be in [0, 1], got {hard_fraction}")
+    n, length = scores.shape
+    n_keep = _num_visible(length, ratio)
+    n_hard = int((length - n_keep) * hard_fraction)
+    hardest = scores.detach().argsort(dim=1, descending=True).argsort(dim=1) < n_hard  # [N, L]
+    noise = torch.rand(n, length, generator=generator).to(scores.device)  # in [0, 1): large noise = removed
+    rank = noise.masked_fill(hardest, 2.0).argsort(dim=1).argsort(dim=1)
+    return rank < n_keep

@@ -162,3 +162,24 @@ def nm_sparsify(module: nn.Module, n: int = 2, m: int = 4, learnable: bool = Fal
                 setattr(child, attr, NMLinear.from_linear(sub, n=n, m=m, learnable=learnable, **kwargs))
                 replaced.append(full)
     return replaced
+
+
+def wanda_nm_mask(weight: torch.Tensor, input_norm: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
+    """Wanda-style one-shot N:M mask (Sun et al. 2023): keep the n largest ``|W_ij| * ||X_j||`` in each group of m
+    consecutive inputs. ``input_norm`` (in,) is the L2 norm of each input feature over calibration tokens.
+    Returns a bool mask like ``weight`` (out, in). With equal input norms it is the magnitude mask."""
+    if input_norm.shape != weight.shape[-1:]:
+        raise ValueError(f"input_norm must have shape ({weight.shape[-1]},), got {tuple(input_norm.shape)}")
+    return magnitude_nm_mask(weight.detach().abs() * input_norm.to(weight.device)[None, :], n, m)
+
+
+def nm_prior_logits_from_mask(mask: torch.Tensor, n: int = 2, m: int = 4, strength: float = 3.0) -> torch.Tensor:
+    """MaskLLM's prior from any one-shot N:M mask (out, in): pattern logits (out, in/m, C) equal to
+    ``strength * (overlap - (n - 1))``, where overlap counts the kept positions a candidate shares with the
+    prior's group. For 2:4 the prior pattern gets +strength, patterns sharing one weight 0, the disjoint one
+    -strength, so the learner starts at the prior but near patterns stay cheap to reach."""
+    if not is_nm(mask, n, m):
+        raise ValueError(f"prior mask is not a valid {n}:{m} mask")
+    patterns = nm_candidate_patterns(n, m, device=mask.device)  # (C, m)
+    overlap = _groups(mask.float(), m) @ patterns.T  # (out, in/m, C)
+    return strength * (overlap - (n - 1))

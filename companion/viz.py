@@ -128,3 +128,24 @@ def map_rows(rows: dict[str, list[np.ndarray]], col_titles: list[str], cell: flo
                 axes[i][j].set_ylabel(name, fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def curves(series: dict[str, tuple], xlabel: str, ylabel: str, title: str = "", colours: dict[str, str] | None = None,
+           logy: bool = False, markers: bool = True, ax=None):
+    """Line plot of ``series[name] = (x, y)`` (sequences or 1-D tensors), one line per name.
+
+    ``colours`` maps a name to a matplotlib colour; ``ax`` draws into an existing axis. Returns the figure.
+    """
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(4, 3))
+    for name, (x, y) in series.items():
+        ax.plot(np.asarray(x, dtype=float), np.asarray(y, dtype=float), marker="o" if markers else None, ms=3,
+                label=name, color=(colours or {}).get(name))
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return fig

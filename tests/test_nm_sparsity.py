@@ -13,8 +13,10 @@ from companion.nm_sparsity import (
     magnitude_nm_mask,
     nm_candidate_patterns,
     nm_prior_logits,
+    nm_prior_logits_from_mask,
     nm_sparsify,
     pattern_index,
+    wanda_nm_mask,
 )
 
 
@@ -104,3 +106,24 @@ def test_nm_sparsify_replaces_only_included_linears():
     names = nm_sparsify(model, include=lambda name: name != "0")
     assert names == ["2.0"]
     assert isinstance(model[2][0], NMLinear) and isinstance(model[0], nn.Linear)
+
+
+def test_wanda_mask_weighs_magnitudes_by_input_norms():
+    w = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    assert torch.equal(wanda_nm_mask(w, torch.ones(4)), magnitude_nm_mask(w))
+    # a large input norm on the smallest weights makes them the ones kept
+    assert wanda_nm_mask(w, torch.tensor([10.0, 10.0, 1.0, 1.0])).tolist() == [[True, True, False, False]]
+    assert is_nm(wanda_nm_mask(torch.randn(8, 16), torch.rand(16)), 2, 4)
+    with pytest.raises(ValueError, match="input_norm"):
+        wanda_nm_mask(w, torch.ones(3))
+
+
+def test_prior_from_mask_scores_candidates_by_overlap():
+    mask = torch.tensor([[1, 1, 0, 0]]).bool()  # pattern 0 of 1100, 1010, 1001, 0110, 0101, 0011
+    logits = nm_prior_logits_from_mask(mask, strength=2.0)
+    assert logits.shape == (1, 1, 6)
+    assert logits[0, 0].tolist() == [2.0, 0.0, 0.0, 0.0, 0.0, -2.0]
+    w = torch.randn(4, 8)
+    assert torch.equal(nm_prior_logits_from_mask(magnitude_nm_mask(w)).argmax(-1), nm_prior_logits(w).argmax(-1))
+    with pytest.raises(ValueError, match="valid 2:4"):
+        nm_prior_logits_from_mask(torch.ones(1, 4))

@@ -24,6 +24,24 @@ EXPECTED = {
         # the reversed regime: on near-black backgrounds black filling is in-distribution
         "bias shapes-dark: layer vs black": "not_supported",
     },
+    "colormae": {
+        "spectrum: red is low-pass": "supported",
+        "spectrum: blue has less low-frequency power": "supported",
+        "spectrum: blue is high-pass": "supported",
+        "spectrum: green is band-pass": "supported",
+        "spectrum: purple is band-stop": "supported",
+        "downstream: green-mask pretraining improves the linear probe": "not_testable",
+    },
+    "hpm": {
+        "predictor ranks removed patches (masked view)": "supported",
+        "predictor ranks patches on the whole image (full view)": "supported",
+        "probe: HPM vs MAE": "not_testable",
+    },
+    "maskllm": {
+        "MaskLLM vs magnitude": "supported",
+        "MaskLLM vs Wanda": "supported",
+        "learned masks are valid 2:4": "supported",
+    },
 }
 # Claims on Fashion-MNIST exist only where the dataset is installed (`make data`).
 EXPECTED_WITH_DATA = {

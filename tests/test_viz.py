@@ -38,3 +38,11 @@ def test_map_rows_share_a_colour_scale_per_column():
     fig = viz.map_rows({"a": [np.ones((2, 2)), np.zeros((2, 2))], "b": [2 * np.ones((2, 2)), np.ones((2, 2))]},
                        ["l1", "l2"])
     assert fig.axes[0].images[0].get_clim() == fig.axes[2].images[0].get_clim()
+
+
+def test_curves_draw_one_line_per_series_with_its_colour():
+    fig = viz.curves({"red": ([0, 1, 2], torch.tensor([3.0, 2.0, 1.0])), "blue": ([0, 1], [1, 2])}, "f", "power",
+                     colours={"red": "red"}, logy=True)
+    ax = fig.axes[0]
+    assert [len(line.get_xdata()) for line in ax.lines] == [3, 2] and ax.get_yscale() == "log"
+    assert ax.lines[0].get_color() == "red"

@@ -12,6 +12,10 @@ Two encoder modes (``MAEConfig.mode``):
   embedding (Xie et al., SimMIM); the decoder then reads the full sequence directly
   (``decoder_depth=0`` gives SimMIM's linear head).
 
+``MAEConfig(loss_predictor=True)`` adds HPM's auxiliary decoder branch (Wang et al., "Hard Patches Mining"):
+a second stack of decoder blocks on the same decoder input that predicts one score per patch — how hard that
+patch is to reconstruct (``forward_loss_predictor``). It is trained by ``companion.hpm``.
+
 Shapes: N images, L = (image_size / patch_size)² patches, K visible patches, D encoder width,
 Dd decoder width, P = patch_size² · channels pixel values per patch.
 """
@@ -41,6 +45,7 @@ class MAEConfig:
     decoder_heads: int = 4
     norm_pix_loss: bool = False
     mode: str = "mae"  # "mae" (encoder sees visible tokens only) or "simmim" (mask token in the encoder)
+    loss_predictor: bool = False  # add HPM's loss-prediction decoder branch (``MAE.loss_predictor``)
 
 
 class Encoded(NamedTuple):
@@ -64,6 +69,28 @@ def sincos_pos_embed(dim: int, grid: int, cls_token: bool = True) -> torch.Tenso
         parts += [angle.sin(), angle.cos()]
     emb = torch.cat(parts, dim=1).float()  # [L, D]
     return torch.cat([torch.zeros(1, dim), emb]) if cls_token else emb
+
+
+class LossPredictor(nn.Module):
+    """HPM's auxiliary decoder: decoder blocks of their own → LayerNorm → one score per token.
+
+    Reads the same decoder input as the reconstruction branch ([N, 1+L, Dd], mask tokens and position
+    embedding included) and returns [N, L] scores (the [CLS] token dropped). Only the ranking of the scores
+    within an image is trained, so they have no unit.
+    """
+
+    def __init__(self, cfg: MAEConfig):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(cfg.decoder_dim, cfg.decoder_heads, cfg.mlp_ratio)
+                                    for _ in range(cfg.decoder_depth))
+        self.norm = nn.LayerNorm(cfg.decoder_dim)
+        self.head = nn.Linear(cfg.decoder_dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, 1+L, Dd] → predicted loss scores [N, L]."""
+        for blk in self.blocks:
+            x, _ = blk(x)
+        return self.head(self.norm(x))[:, 1:, 0]
 
 
 class MAE(nn.Module):
@@ -94,6 +121,8 @@ class MAE(nn.Module):
                                             for _ in range(cfg.decoder_depth))
         self.decoder_norm = nn.LayerNorm(cfg.decoder_dim)
         self.decoder_pred = nn.Linear(cfg.decoder_dim, cfg.patch_size**2 * cfg.in_channels)
+        # built last, so a model without it is initialised exactly as before
+        self.loss_predictor = LossPredictor(cfg) if cfg.loss_predictor else None
 
     # ---- pixels <-> patches -------------------------------------------------------------------------------
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -175,18 +204,30 @@ class MAE(nn.Module):
         return Encoded(self.norm(x), visible, ids_restore, hidden if return_hidden else None,
                        maps if return_attention else None)
 
-    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
-        """latent [N, 1+K, D] (or [N, 1+L, D] in simmim mode) → predicted pixels of every patch [N, L, P]."""
+    def decoder_input(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """latent [N, 1+K, D] (or [N, 1+L, D] in simmim mode) → the decoders' input [N, 1+L, Dd]: embedded,
+        one mask token per removed patch, un-shuffled, plus the decoder position embedding."""
         x = self.decoder_embed(latent)  # [N, 1+K, Dd]
         if self.cfg.mode == "mae":
             n, length = ids_restore.shape
             masks = self.mask_token.expand(n, length + 1 - x.shape[1], -1)  # [N, L-K, Dd]
             x_ = torch.cat([x[:, 1:], masks], dim=1)  # [N, L, Dd] in shuffled order (visible first)
             x = torch.cat([x[:, :1], self._gather(x_, ids_restore)], dim=1)  # un-shuffled, [N, 1+L, Dd]
-        x = x + self.decoder_pos_embed
+        return x + self.decoder_pos_embed
+
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """latent [N, 1+K, D] (or [N, 1+L, D] in simmim mode) → predicted pixels of every patch [N, L, P]."""
+        x = self.decoder_input(latent, ids_restore)
         for blk in self.decoder_blocks:
             x, _ = blk(x)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]  # drop [CLS]: [N, L, P]
+
+    def forward_loss_predictor(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """HPM's loss prediction: latent as for ``forward_decoder`` → one score per patch [N, L] (higher =
+        predicted harder to reconstruct). Needs ``MAEConfig(loss_predictor=True)``."""
+        if self.loss_predictor is None:
+            raise ValueError("this MAE has no loss predictor; build it with MAEConfig(loss_predictor=True)")
+        return self.loss_predictor(self.decoder_input(latent, ids_restore))
 
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, visible: torch.Tensor,
                      reduction: str = "mean") -> torch.Tensor:
@@ -226,4 +267,4 @@ def num_visible(num_tokens: int, ratio: float) -> int:
     return num_tokens - round(ratio * num_tokens)
 
 
-__all__ = ["MAE", "MAEConfig", "Encoded", "mae_tiny", "num_visible", "sincos_pos_embed"]
+__all__ = ["MAE", "MAEConfig", "Encoded", "LossPredictor", "mae_tiny", "num_visible", "sincos_pos_embed"]

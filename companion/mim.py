@@ -1,0 +1,169 @@
+"""Helpers shared by the masked-image-modelling notebooks: pretrain an MAE with any token-mask generator,
+score a trained MAE under any mask, reconstruct images, and probe frozen encoder features.
+
+Mask convention (as in ``companion.masks`` and ``companion.models.mae``): a token mask is bool ``(N, L)``
+with **True = visible** (seen by the encoder), False = removed (to be reconstructed).
+A *mask generator* is a function ``(n, generator) -> (n, L) bool`` drawing ``n`` token masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import math
+
+import torch
+
+from . import masks, train
+
+MaskFn = Callable[[int, torch.Generator], torch.Tensor]
+
+
+def mask_generator(kind: str, grid: int, ratio: float) -> MaskFn:
+    """Token masks of one kind at mask ratio ``ratio`` on a ``grid``×``grid`` token grid.
+
+    ``kind``: ``"random"`` (uniform, as MAE) or a noise colour of ``masks.NOISE_COLOURS`` (ColorMAE).
+    Every kind removes exactly ``round(ratio·grid²)`` tokens per image.
+    """
+    if kind == "random":
+        return lambda n, g: masks.token_ratio_mask(n, grid * grid, ratio, g)
+    if kind in masks.NOISE_COLOURS:
+        return lambda n, g: masks.colour_noise_mask(n, grid, ratio, kind, g)
+    raise ValueError(f"mask kind must be 'random' or one of {masks.NOISE_COLOURS}, got {kind!r}")
+
+
+def pretrain(model, images: torch.Tensor, mask_fn: MaskFn, steps: int, seed: int = 0, **fit_kwargs) -> list[float]:
+    """Train an MAE on ``images`` for ``steps`` steps, each batch masked by ``mask_fn``; returns the losses.
+
+    The batches come from ``train.fit`` seeded with ``seed`` and the masks from a generator seeded with
+    ``seed + 1``, so two runs with the same seed see the same images in the same order (paired runs).
+    ``fit_kwargs`` go to ``train.fit`` (batch_size, lr, device, desc, ...).
+    """
+    g = torch.Generator().manual_seed(seed + 1)
+
+    def loss_fn(m, x, _):
+        return m(x, token_mask=mask_fn(len(x), g).to(x.device))[0]
+
+    return train.fit(model, images, torch.zeros(len(images), dtype=torch.long), steps, seed=seed, loss_fn=loss_fn,
+                     **fit_kwargs)
+
+
+@torch.no_grad()
+def per_image_loss(model, images: torch.Tensor, mask_fn: MaskFn, generator: torch.Generator, repeats: int = 1,
+                   batch_size: int = 256) -> torch.Tensor:
+    """Reconstruction loss (MSE on the removed patches) of each image, averaged over ``repeats`` mask draws.
+
+    Returns (N,) float on the CPU. The model is only evaluated (no gradient, eval mode).
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    total = torch.zeros(len(images))
+    for _ in range(repeats):
+        for i in range(0, len(images), batch_size):
+            x = images[i:i + batch_size].to(device)
+            visible = mask_fn(len(x), generator).to(device)
+            _, pred, visible = model(x, token_mask=visible)
+            per_patch = model.forward_loss(x, pred, visible, reduction="none")  # [n, L]
+            removed = (~visible).float()
+            total[i:i + len(x)] += ((per_patch * removed).sum(1) / removed.sum(1).clamp(min=1)).cpu()
+    return total / repeats
+
+
+@torch.no_grad()
+def reconstruct(model, images: torch.Tensor, visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """→ (masked input with removed patches grey, reconstruction with visible patches pasted back).
+
+    images [N, C, H, W] in [0, 1]; visible [N, L] bool. Needs ``norm_pix_loss=False`` (pixel targets).
+    """
+    if model.cfg.norm_pix_loss:
+        raise ValueError("reconstruct needs an MAE trained on raw pixels (norm_pix_loss=False)")
+    model.eval()
+    device = next(model.parameters()).device
+    _, pred, _ = model(images.to(device), token_mask=visible.to(device))
+    keep = masks.token_to_pixel_mask(visible, model.cfg.patch_size).to(images.dtype)  # [N, 1, H, W]
+    recon = model.unpatchify(pred).cpu().clamp(0, 1)
+    return images * keep + 0.5 * (1 - keep), images * keep + recon * (1 - keep)
+
+
+@torch.no_grad()
+def encoder_features(model, images: torch.Tensor, pool: str = "mean", batch_size: int = 256) -> torch.Tensor:
+    """Frozen encoder features of unmasked images (every token visible), after the final LayerNorm.
+
+    ``pool="mean"``: mean over patch tokens [N, D]; ``"cls"``: the [CLS] token [N, D]; ``"none"``: every
+    patch token [N, L, D] (for patch-level probes).
+    """
+    if pool not in ("mean", "cls", "none"):
+        raise ValueError(f"pool must be 'mean', 'cls' or 'none', got {pool!r}")
+    model.eval()
+    device = next(model.parameters()).device
+
+    def encode(x):
+        every = torch.ones(len(x), model.num_patches, dtype=torch.bool, device=x.device)
+        latent = model.forward_encoder(x, every).latent  # [n, 1+L, D]
+        return {"mean": latent[:, 1:].mean(1), "cls": latent[:, 0], "none": latent[:, 1:]}[pool]
+
+    return train.predict(encode, images, batch_size=batch_size, device=device)
+
+
+def patch_labels(objects: torch.Tensor, patch: int) -> torch.Tensor:
+    """(N, 1, H, W) bool object masks → (N, L) int64: 1 where at least half a patch lies on the object."""
+    share = torch.nn.functional.avg_pool2d(objects.float(), patch, patch)  # [N, 1, H/p, W/p]
+    return (share.flatten(1) >= 0.5).long()
+
+
+def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                 c: float = 1.0, max_iter: int = 1000) -> torch.Tensor:
+    """Logistic regression (scikit-learn, standardised features) fit on frozen features.
+
+    train_x [N, D], train_y [N]; returns the per-item correctness of the test items, (M,) bool, so that two
+    probes on the same test items can be compared pairwise. Deterministic (lbfgs).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter))
+    probe.fit(train_x.numpy(), train_y.numpy())
+    return torch.from_numpy(probe.predict(test_x.numpy()) == test_y.numpy())
+
+
+def band_shares(token_masks: torch.Tensor, edges: tuple[float, ...] = (1 / 6, 1 / 3)) -> torch.Tensor:
+    """Per-mask share of spectral power in frequency bands: low / middle / high for the default ``edges``.
+
+    token_masks (N, L) on a square grid. Each mask's radially averaged power spectrum
+    (``masks.radial_power_spectrum``, mean removed) is split at ``edges`` (cycles per token, bands are
+    right-closed: (0, e0], (e0, e1], ..., (e_last, 0.5]) and normalised to sum 1. Returns (N, len(edges) + 1).
+    """
+    out = []
+    for m in token_masks:
+        freq, power = masks.radial_power_spectrum(m[None])
+        band = torch.bucketize(freq, torch.tensor(edges, dtype=freq.dtype))  # right-closed bands
+        shares = torch.zeros(len(edges) + 1).index_add_(0, band[1:], power[1:])  # radius 0 carries no power
+        out.append(shares / shares.sum().clamp(min=1e-12))
+    return torch.stack(out)
+
+
+def distance_to_visible(token_masks: torch.Tensor) -> torch.Tensor:
+    """Mean distance (in tokens) from each removed token to its nearest visible token, per mask: (N,).
+
+    A simple measure of how far a masked patch's context is: larger means a harder reconstruction.
+    """
+    side = math.isqrt(token_masks.shape[1])
+    if side * side != token_masks.shape[1]:
+        raise ValueError(f"token mask length {token_masks.shape[1]} is not a square grid")
+    yy, xx = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    pos = torch.stack([yy.flatten(), xx.flatten()], 1).float()  # [L, 2]
+    dist = torch.cdist(pos, pos)  # [L, L]
+    visible = token_masks.bool()
+    nearest = torch.where(visible[:, None, :], dist, torch.tensor(float("inf"))).min(dim=2).values  # [N, L]
+    removed = (~visible).float()
+    return (nearest.nan_to_num(posinf=0.0) * removed).sum(1) / removed.sum(1).clamp(min=1)
+
+
+def mean_fill_loss(images: torch.Tensor, visible: torch.Tensor, patch: int) -> torch.Tensor:
+    """Zero-skill reference: per-image MSE on the removed patches when every removed pixel is predicted as the
+    image's mean visible colour. images [N, C, H, W], visible [N, L] bool → (N,)."""
+    keep = masks.token_to_pixel_mask(visible, patch).to(images.dtype)  # [N, 1, H, W]
+    mean = (images * keep).sum((2, 3), keepdim=True) / keep.sum((2, 3), keepdim=True).clamp(min=1)  # [N, C, 1, 1]
+    err = ((images - mean) ** 2).mean(1, keepdim=True)  # [N, 1, H, W]
+    return (err * (1 - keep)).sum((1, 2, 3)) / (1 - keep).sum((1, 2, 3)).clamp(min=1)
