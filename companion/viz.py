@@ -21,6 +21,14 @@ def _img(x: torch.Tensor) -> np.ndarray:
     return x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).clamp(0, 1).numpy()
 
 
+def moving_average(values, k: int) -> list[float]:
+    """Trailing mean over the last ``k`` values (fewer at the start), same length: smooths loss curves."""
+    v = torch.as_tensor(list(values), dtype=torch.float64)
+    csum = torch.cat([torch.zeros(1, dtype=v.dtype), v.cumsum(0)])
+    idx = torch.arange(1, len(v) + 1)
+    return ((csum[idx] - csum[(idx - k).clamp_min(0)]) / (idx - (idx - k).clamp_min(0))).tolist()
+
+
 def save(fig, out_dir, name: str) -> Path:
     path = Path(out_dir) / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)

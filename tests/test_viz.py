@@ -46,3 +46,8 @@ def test_curves_draw_one_line_per_series_with_its_colour():
     ax = fig.axes[0]
     assert [len(line.get_xdata()) for line in ax.lines] == [3, 2] and ax.get_yscale() == "log"
     assert ax.lines[0].get_color() == "red"
+
+
+def test_moving_average_is_a_trailing_mean_of_the_same_length():
+    assert viz.moving_average([1, 3, 5, 7], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert viz.moving_average([2, 4], 5) == [2.0, 3.0]
