@@ -157,3 +157,52 @@ def curves(series: dict[str, tuple], xlabel: str, ylabel: str, title: str = "", 
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     return fig
+
+
+def scatter(groups: dict[str, tuple], xlabel: str, ylabel: str, title: str = "", logx: bool = False,
+            colours: dict[str, str] | None = None, ax=None, alpha: float = 0.6):
+    """Scatter plot of ``groups[name] = (x, y)`` (sequences or 1-D tensors), one colour per group.
+
+    ``ax`` draws into an existing axis (e.g. to overlay a binned :func:`curves` line). Returns the figure.
+    """
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(4, 3))
+    for name, (x, y) in groups.items():
+        ax.scatter(np.asarray(x, dtype=float), np.asarray(y, dtype=float), s=10, alpha=alpha, label=name,
+                   color=(colours or {}).get(name))
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def attention_distance(distances: dict[str, torch.Tensor], ylabel: str = "mean attention distance (pixels)",
+                       title: str = "", colours: dict[str, str] | None = None, reference: float | None = None,
+                       ax=None):
+    """The attention-distance plot of ViT/MIM papers: one dot per head at each block, a line through the
+    per-block mean, one colour per model. ``distances[name]`` is [depth, heads] (averaged over images);
+    ``reference`` draws a dotted horizontal line (e.g. the distance of uniform attention). Returns the figure."""
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(4.5, 3.2))
+    names = list(distances)
+    for k, name in enumerate(names):
+        d = torch.as_tensor(distances[name], dtype=torch.float64)  # [depth, heads]
+        depth, heads = d.shape
+        shift = (k - (len(names) - 1) / 2) * 0.12  # side by side within a block
+        colour = (colours or {}).get(name, f"C{k}")
+        x = np.arange(1, depth + 1) + shift
+        ax.scatter(np.repeat(x, heads), d.flatten().numpy(), s=12, alpha=0.6, color=colour)
+        ax.plot(x, d.mean(1).numpy(), color=colour, label=name)
+    if reference is not None:
+        ax.axhline(reference, ls=":", c="grey", lw=1)
+    ax.set_xticks(np.arange(1, max(len(d) for d in distances.values()) + 1))
+    ax.set_xlabel("encoder block")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return fig

@@ -194,3 +194,19 @@ def test_gradients_flow_through_masked_attention():
     x = _tokens()
     F.cross_entropy(m(x).flatten(0, 1), x.flatten()).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+@torch.no_grad()
+def test_qkv_hook_sees_the_layer_values_and_a_bool_window_equals_the_bias_hook():
+    seen = []
+
+    def window_from_qkv(layer_idx, q, k, v):
+        seen.append((layer_idx, tuple(v.shape)))
+        return sliding_window_mask(q.shape[2], 3, k.shape[2])
+
+    x = _tokens(n=2, t=10)
+    m = _model(attn_bias_fn=sliding_window_bias_fn(3))
+    plain = GPT(m.config).eval()
+    plain.load_state_dict(m.state_dict())
+    assert torch.allclose(plain(x, attn_qkv_fn=window_from_qkv), m(x), atol=ATOL)
+    assert seen == [(i, (2, 2, 10, 16)) for i in range(3)]  # every layer, values (N,H,K,hd)

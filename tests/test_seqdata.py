@@ -88,3 +88,70 @@ def _train_easy_mqar() -> float:
         pred = model(xt).argmax(-1)
     answered = yt != -100
     return (pred[answered] == yt[answered]).float().mean().item()
+
+
+def test_digit_tasks_answers_are_exact():
+    from companion.seqdata import DIGIT_TASKS, digit_tasks
+
+    src, tgt, task = digit_tasks(400, length=4, generator=torch.Generator().manual_seed(0))
+    assert src.shape == (400, 5) and tgt.shape == (400, 4) and task.shape == (400,)
+    assert torch.equal(src[:, -1], 10 + task) and set(task.tolist()) == {0, 1, 2, 3}
+    for s, t, k in zip(src.tolist(), tgt.tolist(), task.tolist()):
+        digits = s[:-1]
+        number = (int("".join(map(str, digits))) + 1) % 10**4
+        expected = {"copy": digits, "reverse": digits[::-1], "sort": sorted(digits),
+                    "increment": [int(c) for c in f"{number:04d}"]}[DIGIT_TASKS[k]]
+        assert t == expected
+    carry = digit_tasks(1, length=3, generator=torch.Generator().manual_seed(0))  # determinism
+    assert torch.equal(carry[0], digit_tasks(1, length=3, generator=torch.Generator().manual_seed(0))[0])
+    only_copy = digit_tasks(50, length=3, tasks=("copy",))
+    assert torch.equal(only_copy[0][:, :-1], only_copy[1])
+    with pytest.raises(ValueError, match="tasks must be"):
+        digit_tasks(5, tasks=("add",))
+
+
+def test_multi_doc_retrieval_places_the_gold_document_and_answers_with_its_value():
+    from companion.seqdata import multi_doc_retrieval
+
+    gold = torch.arange(60) % 6
+    r = multi_doc_retrieval(60, num_docs=6, value_len=2, filler_len=1, gold_position=gold,
+                            generator=torch.Generator().manual_seed(0))
+    doc_len, ctx = 4, 24
+    assert r.context_len == ctx and r.tokens.shape == (60, ctx + 4) and torch.equal(r.gold, gold)
+    assert r.vocab_size == 32 + 32 + 16 + 1 and (r.tokens[:, ctx] == r.vocab_size - 1).all()
+    docs = r.tokens[:, :ctx].view(60, 6, doc_len)
+    assert (docs[..., 0] < 32).all() and ((docs[..., 1:3] >= 32) & (docs[..., 1:3] < 64)).all()
+    assert (docs[..., 3] >= 64).all()
+    assert all(len(set(k.tolist())) == 6 for k in docs[..., 0])  # distinct keys: one gold document
+    rows = torch.arange(60)
+    assert torch.equal(r.tokens[:, ctx + 1], docs[rows, gold, 0])  # the question asks the gold key
+    assert torch.equal(r.targets[:, ctx + 1:ctx + 3], docs[rows, gold, 1:3])  # ...and the answer is its value
+    assert (r.targets[:, :ctx + 1] == -100).all() and (r.targets[:, -1] == -100).all()
+    assert r.answer_positions.tolist() == [ctx + 1, ctx + 2]
+    assert torch.equal(r.gold_mask[:, :ctx].view(60, 6, doc_len).all(-1), torch.nn.functional.one_hot(gold, 6).bool())
+    assert r.gold_mask.sum(1).eq(doc_len).all()
+    again = multi_doc_retrieval(60, num_docs=6, value_len=2, filler_len=1, gold_position=gold,
+                                generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again.tokens, r.tokens)
+    uniform = multi_doc_retrieval(2000, num_docs=4, generator=torch.Generator().manual_seed(1))
+    assert uniform.gold.bincount(minlength=4).min() > 400
+    with pytest.raises(ValueError, match="gold_position"):
+        multi_doc_retrieval(3, num_docs=4, gold_position=4)
+    with pytest.raises(ValueError, match="num_docs"):
+        multi_doc_retrieval(3, num_docs=40)
+
+
+def test_needle_haystack_hides_one_needle_at_the_requested_depth():
+    from companion.seqdata import needle_haystack
+
+    depth = torch.tensor([0, 5, 13])
+    r = needle_haystack(3, context_len=16, value_len=2, depth=depth, generator=torch.Generator().manual_seed(0))
+    assert r.tokens.shape == (3, 20) and torch.equal(r.gold, depth)
+    for i, d in enumerate(depth.tolist()):
+        ctx = r.tokens[i, :16]
+        assert ctx[d] < 32 and ((ctx[d + 1:d + 3] >= 32) & (ctx[d + 1:d + 3] < 64)).all()
+        assert (ctx < 64).sum() == 3  # the needle is the only non-filler in the haystack
+        assert r.tokens[i, 17] == ctx[d] and torch.equal(r.targets[i, 17:19], ctx[d + 1:d + 3])
+        assert r.gold_mask[i].nonzero().flatten().tolist() == [d, d + 1, d + 2]
+    with pytest.raises(ValueError, match="depth"):
+        needle_haystack(2, context_len=16, value_len=2, depth=14)

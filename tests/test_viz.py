@@ -51,3 +51,18 @@ def test_curves_draw_one_line_per_series_with_its_colour():
 def test_moving_average_is_a_trailing_mean_of_the_same_length():
     assert viz.moving_average([1, 3, 5, 7], 2) == [1.0, 2.0, 4.0, 6.0]
     assert viz.moving_average([2, 4], 5) == [2.0, 3.0]
+
+
+def test_scatter_draws_one_point_set_per_group():
+    fig = viz.scatter({"a": ([1, 10, 100], torch.tensor([0.1, 0.2, 0.3])), "b": ([2], [0.5])}, "ppl", "score",
+                      logx=True, colours={"a": "red"})
+    ax = fig.axes[0]
+    assert [len(c.get_offsets()) for c in ax.collections] == [3, 1] and ax.get_xscale() == "log"
+
+
+def test_attention_distance_draws_a_dot_per_head_and_a_line_per_model():
+    fig = viz.attention_distance({"MAE": torch.rand(4, 3), "LUT": torch.rand(4, 3)}, reference=0.5,
+                                 colours={"LUT": "red"})
+    ax = fig.axes[0]
+    assert [len(c.get_offsets()) for c in ax.collections] == [12, 12]
+    assert [len(line.get_xdata()) for line in ax.lines[:2]] == [4, 4] and ax.lines[1].get_color() == "red"

@@ -10,7 +10,11 @@
   final LayerNorm and head;
 - capture of hidden states and attention maps (``capture=True``);
 - a ``KVCache`` for incremental decoding; a layer skipped for a sequence neither reads nor writes its cache
-  (its cache slots are marked invalid), and ``generate`` decodes greedily with or without the cache.
+  (its cache slots are marked invalid), and ``generate`` decodes greedily with or without the cache;
+- a content hook ``attn_qkv_fn(layer_idx, q, k, v)`` called inside each attention layer with that layer's
+  q (N,H,L,hd) and k, v (N,H,K,hd) (cache included), returning an additive float bias or a bool mask shaped
+  (N|1, H|1, L, K) or None; it is combined with the other masks (e.g. value-derived dynamic masks). If it is an
+  ``nn.Module``, its parameters belong to the model.
 
 Mask convention in this module: bool masks are **True = may attend** (the SDPA convention).
 """
@@ -77,6 +81,20 @@ def topk_mask(scores: torch.Tensor, k: int, allowed: torch.Tensor | None = None)
     return keep & allowed if allowed is not None else keep
 
 
+def merge_attn_mask(extra, attn_mask=None, is_causal: bool = False):
+    """Fold a content hook's output into SDPA's ``(attn_mask, is_causal)``: ``extra`` is None, an additive float
+    bias or a bool mask (True = may attend), shaped (N|1, H|1, L, K); ``is_causal`` becomes an explicit causal
+    mask (queries are the last L of K positions). The hook must leave every query at least one allowed key."""
+    if extra is None:
+        return attn_mask, is_causal
+    if extra.dtype == torch.bool:
+        extra = torch.zeros(extra.shape, device=extra.device).masked_fill(~extra, float("-inf"))
+    if is_causal:
+        q_len, k_len = extra.shape[-2:]
+        extra = extra.masked_fill(~causal_mask(q_len, k_len, extra.device), float("-inf"))
+    return (extra if attn_mask is None else attn_mask + extra), False
+
+
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -119,13 +137,17 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, attn_mask=None, is_causal=False, cache: KVCache | None = None, need_weights=False):
-        """x (N,L,D); attn_mask additive float (N|1,H|1,L,K) or None. Returns (y (N,L,D), att (N,H,L,K) or None)."""
+    def forward(self, x, attn_mask=None, is_causal=False, cache: KVCache | None = None, need_weights=False,
+                qkv_fn=None):
+        """x (N,L,D); attn_mask additive float (N|1,H|1,L,K) or None; ``qkv_fn(layer_idx, q, k, v)`` an optional
+        content hook (see the module docstring). Returns (y (N,L,D), att (N,H,L,K) or None)."""
         n, length, d = x.shape
         q, k, v = self.c_attn(x).split(d, dim=2)
         q, k, v = (t.view(n, length, self.n_head, d // self.n_head).transpose(1, 2) for t in (q, k, v))  # (N,H,L,hd)
         if cache is not None:
             k, v = cache.append_kv(self.layer_idx, k, v)  # (N,H,K,hd)
+        if qkv_fn is not None:
+            attn_mask, is_causal = merge_attn_mask(qkv_fn(self.layer_idx, q, k, v), attn_mask, is_causal)
         att = None
         if need_weights:
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (N,H,L,K)
@@ -163,8 +185,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, attn_mask=None, is_causal=False, cache=None, need_weights=False):
-        y, att = self.attn(self.ln_1(x), attn_mask, is_causal, cache, need_weights)
+    def forward(self, x, attn_mask=None, is_causal=False, cache=None, need_weights=False, qkv_fn=None):
+        y, att = self.attn(self.ln_1(x), attn_mask, is_causal, cache, need_weights, qkv_fn)
         x = x + y
         return x + self.mlp(self.ln_2(x)), att
 
@@ -172,10 +194,11 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """Token + learned positional embeddings → pre-LN blocks → final LayerNorm → linear head (tied by default)."""
 
-    def __init__(self, config: GPTConfig | None = None, attn_bias_fn=None, **kwargs):
+    def __init__(self, config: GPTConfig | None = None, attn_bias_fn=None, attn_qkv_fn=None, **kwargs):
         super().__init__()
         self.config = config = config or GPTConfig(**kwargs)
         self.attn_bias_fn = attn_bias_fn  # default hook; ``forward(attn_bias_fn=...)`` overrides it
+        self.attn_qkv_fn = attn_qkv_fn  # default content hook (an nn.Module's parameters join the model)
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         # previous-token embedding; row ``vocab_size`` stands for "no previous token"
@@ -241,12 +264,13 @@ class GPT(nn.Module):
         return bias, False
 
     def forward(self, idx, skip=None, cache: KVCache | None = None, attn_bias_fn=None,
-                return_all_logits: bool = False, capture: bool = False):
+                return_all_logits: bool = False, capture: bool = False, attn_qkv_fn=None):
         """idx (N,L) token ids → logits (N,L,V).
 
         skip: (n_layer,) or (N, n_layer) bool, True = that layer is the identity for that sequence.
         cache: a ``KVCache`` continued in place (idx are the next L tokens after ``cache.length``).
         return_all_logits: return a list of n_layer logits, one after every layer (skipped layers repeat).
+        attn_qkv_fn: content hook ``(layer_idx, q, k, v) -> bias | bool mask | None``; overrides the model's.
         capture: also return ``{"hidden_states": [n_layer+1 × (N,L,D)], "attentions": [n_layer × (N,H,L,K)]}``
         (attention is None for a layer skipped by the whole batch; rows of skipped sequences are zero).
         """
@@ -264,6 +288,7 @@ class GPT(nn.Module):
         x = self.drop(x)
         skip = self.skip_matrix(skip, n, idx.device)
         attn_bias_fn = attn_bias_fn if attn_bias_fn is not None else self.attn_bias_fn
+        attn_qkv_fn = attn_qkv_fn if attn_qkv_fn is not None else self.attn_qkv_fn
         hidden, attentions, all_logits = [x], [], []
         for i, block in enumerate(self.blocks):
             skipped = skip[:, i] if skip is not None else None  # (N,) bool
@@ -281,7 +306,7 @@ class GPT(nn.Module):
                 attentions.append(None)
             else:
                 mask, is_causal = self._attn_mask(i, length, past + length, attn_bias_fn, key_valid, idx.device)
-                y, att = block(x, mask, is_causal, cache, capture)
+                y, att = block(x, mask, is_causal, cache, capture, attn_qkv_fn)
                 if skipped is not None and bool(skipped.any()):
                     y = torch.where(skipped[:, None, None], x, y)
                     if att is not None:
