@@ -167,3 +167,65 @@ def mean_fill_loss(images: torch.Tensor, visible: torch.Tensor, patch: int) -> t
     mean = (images * keep).sum((2, 3), keepdim=True) / keep.sum((2, 3), keepdim=True).clamp(min=1)  # [N, C, 1, 1]
     err = ((images - mean) ** 2).mean(1, keepdim=True)  # [N, 1, H, W]
     return (err * (1 - keep)).sum((1, 2, 3)) / (1 - keep).sum((1, 2, 3)).clamp(min=1)
+
+
+def mean_attention_distance(attention: torch.Tensor, grid: int, patch_size: float = 1.0, prefix_tokens: int = 1,
+                            renormalise: bool = True) -> torch.Tensor:
+    """Mean attention distance (Dosovitskiy et al. 2021; Xie et al. 2023): for each query patch, the distance to
+    every key patch weighted by its attention, averaged over the query patches.
+
+    attention [..., T, T] (rows = queries, each row a softmax over the keys), T = ``prefix_tokens`` + grid²,
+    the prefix ([CLS]) tokens first and the patches in row-major order. Distances are Euclidean between patch
+    centres, in pixels (× ``patch_size``; 1 gives patches). The prefix tokens have no position and are left out;
+    with ``renormalise`` each query's attention over the patches is rescaled to sum 1 (a weighted mean over
+    patches), otherwise the mass on prefix tokens counts as distance 0. Returns [...] (e.g. [N, heads]).
+    """
+    length = grid * grid
+    if attention.shape[-1] != prefix_tokens + length or attention.shape[-2] != prefix_tokens + length:
+        raise ValueError(f"attention must be [..., {prefix_tokens + length}, {prefix_tokens + length}] for a "
+                         f"{grid}x{grid} grid with {prefix_tokens} prefix tokens, got {tuple(attention.shape)}")
+    att = attention[..., prefix_tokens:, prefix_tokens:].float()  # [..., L, L]
+    if renormalise:
+        att = att / att.sum(-1, keepdim=True).clamp(min=1e-12)
+    yy, xx = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    pos = torch.stack([yy.flatten(), xx.flatten()], 1).float()  # [L, 2]
+    dist = torch.cdist(pos, pos).to(att.device) * patch_size  # [L, L]
+    return (att * dist).sum(-1).mean(-1)
+
+
+@torch.no_grad()
+def encoder_attention_distance(model, images: torch.Tensor, batch_size: int = 256, attention=None,
+                               **kwargs) -> torch.Tensor:
+    """Mean attention distance of every encoder block and head of an MAE on unmasked images, in pixels.
+
+    Returns [depth, N, heads] on the CPU (per image, so two models can be compared pairwise); ``kwargs`` go to
+    ``mean_attention_distance`` (e.g. ``renormalise``). ``attention(x)`` → per-block maps [n, heads, T, T]
+    replaces the MAE encoder for other models with ``grid`` and ``cfg.patch_size`` (e.g. a ``ViT``).
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].to(device)
+        if attention is not None:
+            maps = attention(x)
+        else:
+            every = torch.ones(len(x), model.num_patches, dtype=torch.bool, device=device)
+            maps = model.forward_encoder(x, every, return_attention=True).attention  # depth × [n, heads, T, T]
+        out.append(torch.stack([mean_attention_distance(a, model.grid, model.cfg.patch_size, **kwargs).cpu()
+                                for a in maps]))
+    return torch.cat(out, dim=1)
+
+
+def patch_mean_fill_loss(model, images: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """``mean_fill_loss`` for any MAE (images or clips): per-item MSE on the removed tokens when each removed
+    value is predicted as the item's mean visible colour, computed on ``model.patchify`` (channel last).
+    images as the model takes them, visible [N, L] bool → (N,)."""
+    c = model.cfg.in_channels
+    target = model.patchify(images)  # [N, L, P]
+    target = target.reshape(*target.shape[:2], -1, c)  # [N, L, P/C, C]
+    keep = visible[..., None, None].to(target.dtype)
+    mean = (target * keep).sum((1, 2), keepdim=True) / (keep.sum((1, 2), keepdim=True) * target.shape[2]).clamp(min=1)
+    err = ((target - mean) ** 2).mean((2, 3))  # [N, L]
+    removed = (~visible).to(err.dtype)
+    return (err * removed).sum(1) / removed.sum(1).clamp(min=1)

@@ -97,3 +97,31 @@ def test_mean_fill_loss_is_zero_on_flat_images_and_counts_removed_pixels_only():
     img = torch.zeros(1, 1, 4, 4)
     img[0, 0, 2:, 2:] = 1.0  # the last (removed) patch is white, the visible one black
     assert torch.allclose(mim.mean_fill_loss(img, visible, 2), torch.tensor([1 / 3]))
+
+
+def test_mean_attention_distance_is_zero_for_self_attention_and_known_for_uniform_attention():
+    grid, patch = 2, 4
+    identity = torch.eye(1 + grid * grid).expand(3, 2, -1, -1)  # [N, heads, T, T]
+    assert torch.equal(mim.mean_attention_distance(identity, grid, patch), torch.zeros(3, 2))
+    uniform = torch.full((1, 1, 5, 5), 1 / 5)  # 1/5 on [CLS], renormalised away
+    # on a 2x2 grid each patch is at 0, 1, 1 and sqrt(2) patches from the four patches
+    expected = patch * (2 + 2**0.5) / 4
+    assert torch.allclose(mim.mean_attention_distance(uniform, grid, patch), torch.tensor([[expected]]))
+    raw = mim.mean_attention_distance(uniform, grid, patch, renormalise=False)
+    assert torch.allclose(raw, torch.tensor([[expected * 4 / 5]]))
+
+
+def test_mean_attention_distance_follows_the_attended_patch():
+    att = torch.zeros(1, 1, 10, 10)  # 3x3 grid, no prefix token shift: [CLS] + 9 patches
+    att[..., :, 1] = 1.0  # every query attends to the top-left patch
+    dist = mim.mean_attention_distance(att, 3, 1.0)
+    pos = torch.tensor([[y, x] for y in range(3) for x in range(3)], dtype=torch.float)
+    assert torch.allclose(dist, pos.norm(dim=1).mean().view(1, 1))
+    with pytest.raises(ValueError, match="attention must be"):
+        mim.mean_attention_distance(att, 4, 1.0)
+
+
+def test_encoder_attention_distance_has_one_value_per_block_image_and_head():
+    model = tiny_mae()
+    dist = mim.encoder_attention_distance(model, torch.rand(5, 3, 8, 8), batch_size=2)
+    assert dist.shape == (1, 5, 2) and (dist >= 0).all() and (dist <= 2 * 3 * 2**0.5).all()

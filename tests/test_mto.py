@@ -1,0 +1,117 @@
+import pytest
+import torch
+
+from companion import masks, mto, train
+from companion.models import MAE, MAEConfig
+
+torch.set_num_threads(1)
+CFG = dict(image_size=8, patch_size=2, dim=16, depth=2, heads=2, decoder_dim=16, decoder_depth=0, mode="simmim")
+
+
+def make(**kw):
+    torch.manual_seed(0)
+    return MAE(MAEConfig(**{**CFG, **kw}))
+
+
+def images(n=6, seed=1):
+    return torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_uniform_attention_is_mask_blind_and_attention_avoiding_masked_keys_is_zero():
+    visible = masks.token_ratio_mask(3, 16, 0.5, torch.Generator().manual_seed(0))
+    uniform = torch.full((3, 2, 17, 17), 1 / 17)
+    assert torch.allclose(mto.attention_to_masked([uniform], visible), torch.ones(3, 1))
+    assert torch.allclose(mto.attention_to_masked([uniform], visible, relative=False), torch.full((3, 1), 8 / 17))
+    keys = torch.nn.functional.pad(visible, (1, 0), value=True).float()  # attend only to visible keys and [CLS]
+    avoiding = (keys / keys.sum(1, keepdim=True))[:, None, None, :].expand(3, 2, 17, 17)
+    assert torch.allclose(mto.attention_to_masked([uniform, avoiding], visible), torch.tensor([[1.0, 0.0]] * 3))
+
+
+def test_attention_to_masked_ignores_what_masked_queries_attend_to():
+    visible = torch.tensor([[True, False, True, False]])
+    att = torch.zeros(1, 1, 5, 5)
+    att[0, 0, :, 0] = 1.0  # every query looks at [CLS] ...
+    att[0, 0, 2] = 0.0
+    att[0, 0, 2, 2] = 1.0  # ... except the masked query at patch 1, which looks at itself (a masked key)
+    assert mto.attention_to_masked([att], visible).item() == 0.0
+
+
+def test_attention_received_counts_visible_queries_only():
+    visible = torch.tensor([[True, False]])
+    att = torch.zeros(1, 1, 3, 3)
+    att[0, 0, 0, 2] = 1.0  # [CLS] → masked patch 1
+    att[0, 0, 1, 1] = 1.0  # visible patch 0 → itself
+    att[0, 0, 2, 1] = 1.0  # masked patch 1 → patch 0 (not counted: a masked query)
+    assert torch.allclose(mto.attention_received(att, visible), torch.tensor([[0.5, 0.5]]))
+
+
+def test_mask_token_correlation_is_one_for_a_data_like_token_and_zero_for_an_orthogonal_one():
+    model = make()
+    x = torch.full((2, 3, 8, 8), 0.3)  # every patch embeds to the same vector
+    visible = torch.ones(2, 16, dtype=torch.bool)
+    patch = model.patch_embed(x).flatten(2)[0, :, 0].detach()
+    with torch.no_grad():
+        model.enc_mask_token.copy_(2.0 * patch)
+    assert torch.allclose(mto.mask_token_correlation(model, x, visible), torch.ones(2), atol=1e-5)
+    other = torch.randn(16)
+    other -= (other @ patch) / (patch @ patch) * patch
+    with torch.no_grad():
+        model.enc_mask_token.copy_(other)
+    assert torch.allclose(mto.mask_token_correlation(model, x, visible), torch.zeros(2), atol=1e-6)
+
+
+def test_mto_objective_without_weights_is_plain_simmim_with_the_same_masks():
+    x = images()
+    model = make()
+    objective = mto.MTOObjective(0.5, torch.Generator().manual_seed(3))
+    loss = objective(model, x)
+    visible = masks.token_ratio_mask(len(x), 16, 0.5, torch.Generator().manual_seed(3))
+    assert torch.allclose(loss, model(x, token_mask=visible)[0], atol=1e-6)
+    weighted = mto.MTOObjective(0.5, torch.Generator().manual_seed(3), layers=2, recalibration_weight=1.0,
+                                singularity_weight=1.0)
+    total = weighted(model, x)
+    h = weighted.history
+    assert h["pretext"][0] == pytest.approx(objective.history["pretext"][0], abs=1e-6)
+    assert total.item() == pytest.approx(h["pretext"][0] + h["attention"][0] + h["correlation"][0], rel=1e-5)
+
+
+def test_recalibration_teaches_visible_tokens_to_ignore_masked_tokens():
+    x = images(32)
+    shares = {}
+    for weight in (0.0, 1.0):
+        model = make()
+        objective = mto.MTOObjective(0.5, torch.Generator().manual_seed(1), layers=1, recalibration_weight=weight)
+        train.fit(model, x, torch.zeros(32, dtype=torch.long), 60, batch_size=8, lr=3e-3, loss_fn=objective,
+                  progress=False)
+        visible = masks.token_ratio_mask(32, 16, 0.5, torch.Generator().manual_seed(2))
+        shares[weight] = mto.measure(model, x, visible)["attention"][:, 0].mean().item()
+    assert shares[1.0] < 0.2 < shares[0.0]
+
+
+def test_measure_returns_per_image_values_and_the_callback_runs_at_checkpoints():
+    model = make()
+    x = images(5)
+    visible = masks.token_ratio_mask(5, 16, 0.5, torch.Generator().manual_seed(0))
+    out = mto.measure(model, x, visible, batch_size=2)
+    assert out["attention"].shape == (5, 2) and out["correlation"].shape == (5,) and out["pretext"].shape == (5,)
+    seen = []
+    objective = mto.MTOObjective(0.5, torch.Generator().manual_seed(0), callback=lambda s, m: seen.append(s),
+                                 every=3, total_steps=7)
+    train.fit(model, x, torch.zeros(5, dtype=torch.long), 7, batch_size=2, loss_fn=objective, progress=False)
+    assert seen == [0, 3, 6, 7]
+
+
+def test_mto_needs_a_mask_token_in_the_encoder():
+    model = make(mode="mae", decoder_depth=1)
+    with pytest.raises(ValueError, match="simmim"):
+        mto.MTOObjective(0.5, torch.Generator())(model, images(2))
+    with pytest.raises(ValueError, match="layers"):
+        mto.MTOObjective(0.5, torch.Generator(), layers=0)
+
+
+def test_steps_to_target():
+    assert mto.steps_to_target([0, 10, 20], [0.1, 0.5, 0.9], 0.5) == 10.0
+    assert mto.steps_to_target([0, 10, 20], [0.3, 0.2, 0.1], 0.15, higher=False) == 20.0
+    assert mto.steps_to_target([0, 10], [0.1, 0.2], 0.5, not_reached=11.0) == 11.0
+    with pytest.raises(ValueError):
+        mto.steps_to_target([0], [0.1, 0.2], 0.5)
