@@ -42,6 +42,47 @@ EXPECTED = {
         "MaskLLM vs Wanda": "supported",
         "learned masks are valid 2:4": "supported",
     },
+    "dma": {
+        "DMA beats SWA at the same window, answers outside the window": "supported",
+        "DMA's learned selection finds the answer": "supported",
+        "DMA attends fewer keys than dense": "supported",
+        # dense attention solves this MQAR perfectly: DMA can only tie it
+        "DMA beats dense (the paper's headline)": "not_supported",
+    },
+    "first_layer_skip": {
+        "routers vs random layers": "supported",
+        "cached decode equals uncached decode": "supported",
+        "skipped layers store no KV": "supported",
+        # at toy scale an exhaustive fixed choice of layers is as good as the routers
+        "routers vs best fixed set": "not_supported",
+        "LLM-scale quality and latency": "not_testable",
+    },
+    "mue_early_exit": {
+        "MuE saves a large share of layers": "supported",
+        "MuE vs decoder-only confidence at matched quality": "supported",
+        "MuE vs decoder-only similarity at matched quality": "supported",
+    },
+    "meap": {
+        # at toy scale masking delays the sudden onset of retrieval: MEAP does not beat next-token training
+        "retrieval: MEAP vs NTP, all positions": "not_supported",
+        "lost in the middle: MEAP vs NTP, middle positions": "not_supported",
+    },
+    "prompt_leakage": {
+        "repeat attacks extract system prompts": "supported",
+        "attacks follow the translation path": "supported",
+    },
+    "mto": {
+        "property emerges in plain SimMIM (block 1)": "supported",
+        "MTO: visible tokens ignore masked tokens": "supported",
+        "MTO: mask token is singular": "supported",
+        "downstream: fewer steps to the baseline's probe accuracy": "not_testable",
+    },
+    "tgm_video_mae": {
+        "TGM removes the captioned object": "supported",
+        "TGM competitive with motion-guided": "supported",
+        "MAE + video-text contrastive improves the probe": "supported",
+        "downstream: TGM pretraining improves the probe": "not_testable",
+    },
 }
 # Claims on Fashion-MNIST exist only where the dataset is installed (`make data`).
 EXPECTED_WITH_DATA = {
