@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .gpt import MLP, Block, CausalSelfAttention, GPTConfig, KVCache
+from .gpt import GPT, MLP, Block, CausalSelfAttention, GPTConfig, KVCache
 
 
 @dataclass
@@ -99,21 +99,12 @@ class Seq2Seq(nn.Module):
         self.ln_enc = nn.LayerNorm(config.n_embd)
         self.ln_f = nn.LayerNorm(config.n_embd)
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.apply(self._init_weights)
+        self.apply(GPT._init_weights)  # the same GPT-2 initialisation as the decoder-only model
         depth = config.n_enc + config.n_dec
         for name, p in self.named_parameters():  # GPT-2 scaled init of the residual projections
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * depth))
         self.head.weight = self.tgt_tok.weight
-
-    @staticmethod
-    def _init_weights(module):
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
