@@ -82,6 +82,11 @@ EXPECTED = {
         "premise: MAE's attention is local": "not_supported",
         "probe: LUT vs MAE": "not_testable",
     },
+    "maskalign": {
+        "MaskAlign vs MAE: teacher alignment at equal compute": "supported",
+        "MaskAlign vs MAE: training cost per step": "supported",
+        "downstream: linear probe at equal compute": "not_testable",
+    },
     "tgm_video_mae": {
         "TGM removes the captioned object": "supported",
         "TGM competitive with motion-guided": "supported",

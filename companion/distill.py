@@ -1,0 +1,345 @@
+"""Feature distillation for masked image modelling: align a student's token features to a frozen teacher's.
+
+Used by MaskAlign (Xue et al., CVPR 2023) and reusable by other teacher-student MIM methods (e.g. Hybrid
+Distillation). The pieces:
+
+* ``block_outputs`` / ``teacher_tokens`` — the per-block hidden states of any model with a ``blocks`` list
+  (captured with forward hooks, so the model's own forward runs unchanged), e.g. a frozen ``ViT`` teacher.
+* ``DynamicAlignment`` — MaskAlign's Dynamic Alignment (DA): a learnable matrix mixes the student's block
+  outputs into one input per aligned teacher layer, then a linear head per teacher layer maps it to the
+  teacher's width. With ``dynamic=False`` the mixing is a fixed one-to-one layer assignment (static alignment).
+* ``feature_alignment_loss`` — the distance between student predictions and (normalised) teacher features,
+  at the visible tokens only (MaskAlign: no reconstruction of removed tokens) or at every token.
+* measurements: ``linear_cka``, ``ridge_readout`` / ``readout_cosine`` (how well a linear map of the student's
+  features predicts the teacher's, per held-out image) and ``count_flops`` (deterministic training cost).
+
+Mask convention (as in ``companion.masks`` and ``companion.models.mae``): a token mask is bool ``(N, L)`` with
+**True = visible** (seen by the student). Token tensors carry the [CLS] token first: ``[N, 1+L, D]`` for the
+full image, ``[N, 1+K, D]`` for the K visible tokens, which are kept in their original (raster) order — the
+order ``MAE.forward_encoder`` uses for a given ``token_mask``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+LOSSES = ("smooth_l1", "mse", "cosine")
+TARGET_NORMS = ("whiten", "l2", "none")
+
+
+# ---- teacher / student hidden states -------------------------------------------------------------------
+def block_outputs(model: nn.Module, run: Callable[[], object]) -> list[torch.Tensor]:
+    """The output of every block in ``model.blocks`` during ``run()`` (a call of the model's own forward).
+
+    A block returning a tuple contributes its first element. Returns one tensor per block, in order.
+    """
+    outs: list[torch.Tensor] = []
+    hooks = [blk.register_forward_hook(lambda _m, _i, o: outs.append(o[0] if isinstance(o, tuple) else o))
+             for blk in model.blocks]
+    try:
+        run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return outs
+
+
+@torch.no_grad()
+def teacher_tokens(teacher: nn.Module, images: torch.Tensor, layers: Sequence[int] | None = None,
+                   forward: Callable[[torch.Tensor], object] | None = None) -> list[torch.Tensor]:
+    """Hidden states [N, 1+L, D] of a frozen teacher on the intact ``images``, for the blocks in ``layers``
+    (0-based indices into ``teacher.blocks``; default all). ``forward`` defaults to
+    ``teacher.forward_features`` (a ``ViT``)."""
+    forward = forward or teacher.forward_features
+    hidden = block_outputs(teacher, lambda: forward(images))
+    return [hidden[i] for i in layers] if layers is not None else hidden
+
+
+def gather_visible(tokens: torch.Tensor, visible: torch.Tensor, cls: bool = True) -> torch.Tensor:
+    """tokens [N, 1+L, D] (``cls=True``) or [N, L, D]; visible [N, L] bool, same count K per row →
+    [N, 1+K, D] (or [N, K, D]): the visible tokens in raster order, [CLS] kept first."""
+    patches = tokens[:, 1:] if cls else tokens
+    if visible.shape != patches.shape[:2]:
+        raise ValueError(f"visible must be (N, L) = {tuple(patches.shape[:2])}, got {tuple(visible.shape)}")
+    counts = visible.sum(1)
+    if (counts != counts[0]).any():
+        raise ValueError(f"visible must keep the same number of tokens per row, got {counts.tolist()}")
+    kept = patches[visible].view(len(patches), int(counts[0]), patches.shape[-1])
+    return torch.cat([tokens[:, :1], kept], dim=1) if cls else kept
+
+
+def normalise_target(y: torch.Tensor, target_norm: str = "whiten") -> torch.Tensor:
+    """Teacher-target normalisation of MaskAlign's code: ``"whiten"`` = parameter-free LayerNorm per token,
+    ``"l2"`` = unit length per token, ``"none"``."""
+    if target_norm == "whiten":
+        return F.layer_norm(y, y.shape[-1:])
+    if target_norm == "l2":
+        return F.normalize(y, dim=-1)
+    if target_norm == "none":
+        return y
+    raise ValueError(f"target_norm must be one of {TARGET_NORMS}, got {target_norm!r}")
+
+
+# ---- the loss ------------------------------------------------------------------------------------------
+def feature_alignment_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor],
+                           visible: torch.Tensor | None = None, weights: Sequence[float] | None = None,
+                           loss: str = "smooth_l1", target_norm: str = "whiten", cls: bool = True,
+                           reduction: str = "mean") -> torch.Tensor:
+    """Weighted sum over aligned layer pairs of the distance between student predictions and teacher features.
+
+    student_feats: one tensor per aligned layer, [N, 1+K, D] (visible tokens only, as an MAE-mode encoder
+    produces) or [N, 1+L, D] (every token); teacher_feats: the matching teacher layers, [N, 1+L, D] on the
+    intact image. ``visible`` [N, L] bool selects the tokens compared (teacher tokens, and full-length
+    student tokens, are gathered there); None compares every token. ``cls=False`` means the tensors carry
+    no [CLS] token. ``weights`` default to the mean over layers. Teacher targets are normalised
+    (``normalise_target``) and never receive gradients.
+
+    ``loss``: ``"smooth_l1"`` (MaskAlign's choice, 2·SmoothL1 with β=1: equal to the MSE for small errors),
+    ``"mse"``, or ``"cosine"`` (1 − cosine similarity per token). ``reduction="none"`` returns the loss per
+    image [N] instead of the scalar mean.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    if len(student_feats) != len(teacher_feats) or not student_feats:
+        raise ValueError(f"need one teacher layer per student prediction, got {len(student_feats)} and "
+                         f"{len(teacher_feats)}")
+    weights = list(weights) if weights is not None else [1.0 / len(student_feats)] * len(student_feats)
+    if len(weights) != len(student_feats):
+        raise ValueError(f"weights must have {len(student_feats)} entries, got {len(weights)}")
+    total = 0.0
+    for w, x, y in zip(weights, student_feats, teacher_feats, strict=True):
+        y = normalise_target(y.detach(), target_norm)
+        if visible is not None:
+            if x.shape[1] == y.shape[1]:  # a full-length student (e.g. SimMIM mode): compare visible tokens only
+                x = gather_visible(x, visible, cls)
+            y = gather_visible(y, visible, cls)
+        if x.shape != y.shape:
+            raise ValueError(f"student prediction {tuple(x.shape)} and teacher target {tuple(y.shape)} differ")
+        if loss == "smooth_l1":
+            per_token = 2 * F.smooth_l1_loss(x, y, reduction="none").mean(-1)
+        elif loss == "mse":
+            per_token = ((x - y) ** 2).mean(-1)
+        else:
+            per_token = 1 - F.cosine_similarity(x, y, dim=-1)
+        total = total + w * per_token.mean(1)  # [N]
+    return total if reduction == "none" else total.mean()
+
+
+# ---- Dynamic Alignment -----------------------------------------------------------------------------------
+class DynamicAlignment(nn.Module):
+    """MaskAlign's Dynamic Alignment: for each aligned teacher layer t, a mixture of the student's block
+    outputs, ``Σ_s W[t, s] · h_s``, followed by a linear head to the teacher's width.
+
+    ``init_layers[t]`` is the student block initially assigned to teacher target t (default: the last
+    ``len(targets)`` student blocks, in order). ``dynamic=True``: W is learnable, initialised as that
+    one-hot assignment + 0.01 everywhere (as the official code initialises ``eye + 0.01``). ``dynamic=False``:
+    W is the fixed one-hot assignment (static alignment: student block s ↔ teacher layer t).
+    """
+
+    def __init__(self, student_depth: int, num_targets: int, student_dim: int, teacher_dim: int,
+                 dynamic: bool = True, init_layers: Sequence[int] | None = None):
+        super().__init__()
+        if init_layers is None:
+            init_layers = list(range(student_depth - num_targets, student_depth))
+        init_layers = list(init_layers)
+        if len(init_layers) != num_targets or not all(0 <= s < student_depth for s in init_layers):
+            raise ValueError(f"init_layers must name {num_targets} student blocks in [0, {student_depth}), "
+                             f"got {init_layers}")
+        assign = torch.zeros(num_targets, student_depth)
+        assign[torch.arange(num_targets), torch.tensor(init_layers)] = 1.0
+        self.dynamic = dynamic
+        if dynamic:
+            self.weights = nn.Parameter(assign + 0.01)
+        else:
+            self.register_buffer("weights", assign)
+        self.heads = nn.ModuleList(nn.Linear(student_dim, teacher_dim) for _ in range(num_targets))
+
+    def forward(self, hidden: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """hidden: the student's block outputs, each [N, T, Ds] → one prediction [N, T, Dt] per teacher target."""
+        if len(hidden) != self.weights.shape[1]:
+            raise ValueError(f"expected {self.weights.shape[1]} student block outputs, got {len(hidden)}")
+        stacked = torch.stack(list(hidden))  # [S, N, T, Ds]
+        mixed = torch.einsum("ts,snkd->tnkd", self.weights.to(stacked.dtype), stacked)  # [Tt, N, T, Ds]
+        return [head(m) for head, m in zip(self.heads, mixed, strict=True)]
+
+
+class AlignedStudent(nn.Module):
+    """A student encoder (an MAE in ``"mae"`` mode: it sees only the visible tokens) with an alignment module.
+
+    ``forward(images, visible)`` → (predictions per aligned teacher layer [N, 1+K, Dt], the ``Encoded``).
+    The encoder's decoder, if any, is not used: MaskAlign has no reconstruction.
+    """
+
+    def __init__(self, encoder: nn.Module, align: DynamicAlignment):
+        super().__init__()
+        self.encoder, self.align = encoder, align
+
+    def forward(self, images: torch.Tensor, visible: torch.Tensor):
+        enc = self.encoder.forward_encoder(images, visible, return_hidden=True)
+        return self.align(enc.hidden), enc
+
+
+def maskalign_loss(student: AlignedStudent, teacher: nn.Module, images: torch.Tensor, visible: torch.Tensor,
+                   teacher_layers: Sequence[int], **loss_kwargs) -> torch.Tensor:
+    """MaskAlign's objective: the student sees the visible tokens, the frozen teacher the intact image; the
+    student's aligned predictions match the teacher's ``teacher_layers`` at the visible tokens.
+    ``loss_kwargs`` go to ``feature_alignment_loss`` (loss, target_norm, weights)."""
+    targets = teacher_tokens(teacher, images, teacher_layers)
+    preds, _ = student(images, visible)
+    return feature_alignment_loss(preds, targets, visible, **loss_kwargs)
+
+
+# ---- measurements -----------------------------------------------------------------------------------------
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear centred kernel alignment of two feature sets over the same M items: x [M, Dx], y [M, Dy].
+
+    1 = identical up to rotation and isotropic scaling, 0 = unrelated (Kornblith et al., 2019).
+    """
+    x = (x - x.mean(0)).double()
+    y = (y - y.mean(0)).double()
+    cross = (x.T @ y).norm() ** 2
+    return float(cross / ((x.T @ x).norm() * (y.T @ y).norm()).clamp(min=1e-30))
+
+
+def ridge_readout(train_x: torch.Tensor, train_y: torch.Tensor, lam: float = 1e-2) -> Callable[[torch.Tensor],
+                                                                                             torch.Tensor]:
+    """Closed-form ridge regression y ≈ [x, 1] W fit on train_x [M, Dx] → train_y [M, Dy] (features
+    standardised with the training statistics, ``lam`` relative to the mean eigenvalue). Returns the map."""
+    mean, std = train_x.mean(0), train_x.std(0).clamp(min=1e-6)
+
+    def design(x):
+        x = ((x - mean) / std).double()
+        return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+
+    a = design(train_x)
+    gram = a.T @ a
+    reg = lam * gram.diagonal()[:-1].mean() * torch.eye(len(gram), dtype=gram.dtype)
+    reg[-1, -1] = 0  # no penalty on the bias
+    w = torch.linalg.solve(gram + reg, a.T @ train_y.double())
+    return lambda x: (design(x) @ w).float()
+
+
+def readout_cosine(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                   lam: float = 1e-2, per_token: bool = False) -> torch.Tensor:
+    """How well a linear map of the student's token features predicts the teacher's, per held-out image.
+
+    train_x [N, K, Ds] / train_y [N, K, Dt]: student and teacher features at the same tokens of the fit
+    images; test_x / test_y likewise for held-out images. The ridge map is fit on every fit token; the
+    score of a held-out image is the mean cosine similarity of predicted and true (mean-centred with the
+    fit statistics) teacher features over its tokens. Returns (N_test,), or (N_test, K) with ``per_token``.
+    """
+    centre = train_y.reshape(-1, train_y.shape[-1]).mean(0)
+    read = ridge_readout(train_x.reshape(-1, train_x.shape[-1]), train_y.reshape(-1, train_y.shape[-1]) - centre,
+                         lam)
+    pred = read(test_x.reshape(-1, test_x.shape[-1])).view(*test_y.shape[:2], -1)
+    cos = F.cosine_similarity(pred, test_y - centre, dim=-1)  # [N_test, K]
+    return cos if per_token else cos.mean(1)
+
+
+def tokens_to_grid(values: torch.Tensor, visible: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+    """Per-visible-token values [N, K] (raster order) → token maps [N, g, g], ``fill`` at removed tokens."""
+    grid = torch.full(visible.shape, fill, dtype=values.dtype)
+    grid[visible] = values.reshape(-1)
+    side = int(visible.shape[1] ** 0.5)
+    return grid.view(len(visible), side, side)
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """Floating-point operations of ``fn()`` (matrix multiplies, convolutions and attention, forward and any
+    backward it runs) counted by ``torch.utils.flop_counter`` — deterministic, unlike wall-clock time.
+
+    The CPU kernels of ``scaled_dot_product_attention`` are counted with torch's own attention formulas.
+    Element-wise work (norms, activations, the optimizer update) is not counted, as usual for FLOP budgets.
+    """
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+    def forward_flops(q, k, v, *_, out_shape=None, **__):  # arguments arrive as shapes
+        return sdpa_flop_count(q, k, v)
+
+    def backward_flops(grad_out, q, k, v, *_, out_shape=None, **__):
+        return sdpa_backward_flop_count(grad_out, q, k, v)
+
+    aten = torch.ops.aten
+    custom = {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        custom[aten._scaled_dot_product_flash_attention_for_cpu] = forward_flops
+        custom[aten._scaled_dot_product_flash_attention_for_cpu_backward] = backward_flops
+    with FlopCounterMode(display=False, custom_mapping=custom) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+@torch.no_grad()
+def visible_features(encoder: nn.Module, images: torch.Tensor, visible: torch.Tensor,
+                     batch_size: int = 256) -> torch.Tensor:
+    """An MAE-mode encoder's final features (after its LayerNorm) of the visible tokens: images [N, C, H, W],
+    visible [N, L] bool → [N, K, D] (no [CLS]), in raster order. Evaluated in eval mode without gradients."""
+    was_training = encoder.training
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    out = torch.cat([encoder.forward_encoder(images[i:i + batch_size].to(device),
+                                             visible[i:i + batch_size].to(device)).latent[:, 1:].float().cpu()
+                     for i in range(0, len(images), batch_size)])
+    encoder.train(was_training)
+    return out
+
+
+def training_step_flops(model: nn.Module, loss_fn: Callable, batch: torch.Tensor) -> int:
+    """FLOPs of one training step's forward and backward, ``loss_fn(model, batch, None).backward()``
+    (``count_flops``); the gradients it leaves are cleared. Pass a loss function whose random masks come
+    from a generator of its own, so counting does not shift the training run's masks."""
+    flops = count_flops(lambda: loss_fn(model, batch, None).backward())
+    model.zero_grad(set_to_none=True)
+    return flops
+
+
+def with_checkpoints(loss_fn: Callable, at_steps: Sequence[int], callback: Callable[[nn.Module, int], None]):
+    """Wrap a ``train.fit`` loss function so that ``callback(model, step)`` runs before the optimizer steps
+    in ``at_steps`` (0 = the initial model), under ``no_grad`` and in eval mode (training mode is restored).
+    Call ``callback(model, steps)`` yourself after ``fit`` for the final model."""
+    at = set(at_steps)
+    state = {"step": 0}
+
+    def wrapped(model, x, y):
+        if state["step"] in at:
+            model.eval()
+            with torch.no_grad():
+                callback(model, state["step"])
+            model.train()
+        state["step"] += 1
+        return loss_fn(model, x, y)
+
+    return wrapped
+
+
+def fit_with_checkpoints(model: nn.Module, images: torch.Tensor, loss_fn: Callable, steps: int,
+                         fractions: Sequence[float], evaluate: Callable[[nn.Module], object], **fit_kwargs):
+    """``train.fit`` (labels unused) with ``evaluate(model)`` at the given fractions of the run: 0 is the
+    initial model, 1 the trained one. Returns (per-step losses, {fraction: evaluate's result}), in order.
+    ``fit_kwargs`` go to ``train.fit`` (batch_size, lr, seed, device, desc, ...)."""
+    from .train import fit
+
+    at: dict[int, float] = {}
+    for f in fractions:
+        if not 0.0 <= f <= 1.0:
+            raise ValueError(f"fractions must lie in [0, 1], got {f}")
+        at.setdefault(round(f * steps), f)
+    results: dict[float, object] = {}
+    wrapped = with_checkpoints(loss_fn, [s for s in at if s < steps], lambda m, s: results.update({at[s]: evaluate(m)}))
+    losses = fit(model, images, torch.zeros(len(images), dtype=torch.long), steps, loss_fn=wrapped, **fit_kwargs)
+    if steps in at:
+        with torch.no_grad():
+            results[at[steps]] = evaluate(model)
+    return losses, dict(sorted(results.items()))
+
+
+__all__ = ["AlignedStudent", "DynamicAlignment", "block_outputs", "count_flops", "feature_alignment_loss",
+           "gather_visible", "linear_cka", "maskalign_loss", "normalise_target", "readout_cosine", "ridge_readout",
+           "teacher_tokens", "tokens_to_grid", "training_step_flops", "visible_features", "with_checkpoints",
+           "fit_with_checkpoints"]
