@@ -138,6 +138,17 @@ def map_rows(rows: dict[str, list[np.ndarray]], col_titles: list[str], cell: flo
     return fig
 
 
+
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str):
+    """Labels, a frameless legend, no top/right spines: the look shared by the line and dot plots."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return fig
+
 def curves(series: dict[str, tuple], xlabel: str, ylabel: str, title: str = "", colours: dict[str, str] | None = None,
            logy: bool = False, markers: bool = True, ax=None):
     """Line plot of ``series[name] = (x, y)`` (sequences or 1-D tensors), one line per name.
@@ -150,13 +161,7 @@ def curves(series: dict[str, tuple], xlabel: str, ylabel: str, title: str = "", 
                 label=name, color=(colours or {}).get(name))
     if logy:
         ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, frameon=False)
-    ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, xlabel, ylabel, title)
 
 
 def scatter(groups: dict[str, tuple], xlabel: str, ylabel: str, title: str = "", logx: bool = False,
@@ -171,13 +176,7 @@ def scatter(groups: dict[str, tuple], xlabel: str, ylabel: str, title: str = "",
                    color=(colours or {}).get(name))
     if logx:
         ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, frameon=False)
-    ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, xlabel, ylabel, title)
 
 
 def attention_distance(distances: dict[str, torch.Tensor], ylabel: str = "mean attention distance (pixels)",
@@ -199,10 +198,4 @@ def attention_distance(distances: dict[str, torch.Tensor], ylabel: str = "mean a
     if reference is not None:
         ax.axhline(reference, ls=":", c="grey", lw=1)
     ax.set_xticks(np.arange(1, max(len(d) for d in distances.values()) + 1))
-    ax.set_xlabel("encoder block")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, frameon=False)
-    ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "encoder block", ylabel, title)
