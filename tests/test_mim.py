@@ -125,3 +125,15 @@ def test_encoder_attention_distance_has_one_value_per_block_image_and_head():
     model = tiny_mae()
     dist = mim.encoder_attention_distance(model, torch.rand(5, 3, 8, 8), batch_size=2)
     assert dist.shape == (1, 5, 2) and (dist >= 0).all() and (dist <= 2 * 3 * 2**0.5).all()
+
+
+def test_encoder_attention_distance_accepts_the_attention_of_another_model():
+    from companion.models import ViT
+
+    torch.manual_seed(0)
+    vit = ViT(image_size=8, patch_size=4, dim=16, depth=2, heads=2).eval()
+    x = torch.rand(5, 3, 8, 8)
+    dist = mim.encoder_attention_distance(vit, x, batch_size=2,
+                                          attention=lambda b: vit.forward_features(b, return_attention=True)[1])
+    maps = vit.forward_features(x, return_attention=True)[1]
+    torch.testing.assert_close(dist, torch.stack([mim.mean_attention_distance(a, 2, 4) for a in maps]))
