@@ -38,6 +38,7 @@ import difflib
 import math
 import random
 import string
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -284,18 +285,13 @@ def extraction_scores(responses: list[str], prompts: list[str], threshold: float
 
 
 def spearman(x, y) -> float:
-    """Spearman rank correlation (average ranks for ties); nan when either side is constant."""
-    rx, ry = (_ranks(np.asarray(v, dtype=float)) for v in (x, y))
-    if rx.std() == 0 or ry.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(rx, ry)[0, 1])
+    """Spearman rank correlation (``scipy.stats.spearmanr``: average ranks for ties); nan when either side
+    is constant."""
+    from scipy.stats import ConstantInputWarning, spearmanr
 
-
-def _ranks(v: np.ndarray) -> np.ndarray:
-    """0-based ranks, ties sharing their average rank."""
-    _, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)
-    first = np.cumsum(counts) - counts  # rank of each distinct value's first occurrence
-    return (first + (counts - 1) / 2)[inverse]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConstantInputWarning)
+        return float(spearmanr(np.asarray(x, dtype=float), np.asarray(y, dtype=float)).statistic)
 
 
 def spearman_ci(x, y, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
