@@ -166,10 +166,10 @@ def cmd_run_all(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from . import runner
+    from . import report
 
     try:
-        print(runner.build_report(Path(args.dir) if args.dir else None))
+        print(report.build_report(Path(args.dir) if args.dir else None))
     except FileNotFoundError as exc:
         return _fail(str(exc))
     return 0

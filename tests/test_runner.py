@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from companion import catalog, claims, runner
+from companion import catalog, claims, report, runner
 from companion.params import ParamError
 
 PARAMS_CELL = """profile = "ci"
@@ -169,7 +169,7 @@ def test_executed_notebook_has_parameters_and_inline_figure(results):
 
 
 def test_build_report(project, results):
-    index = runner.build_report()
+    index = report.build_report()
     runs = project.resolve() / "runs"
     assert index == runs / "index.html"
     page = index.read_text()
@@ -191,5 +191,5 @@ def test_build_report(project, results):
 
 def test_build_report_missing_dir(project, tmp_path):
     with pytest.raises(FileNotFoundError):
-        runner.build_report(tmp_path / "nothing")
+        report.build_report(tmp_path / "nothing")
     assert not (tmp_path / "nothing").exists()
