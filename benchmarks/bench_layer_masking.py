@@ -26,7 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from companion.layer_mask import layer_masked
+from companion.masking.layer import layer_masked
 from companion.models import resnet18_like
 
 

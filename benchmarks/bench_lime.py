@@ -1,4 +1,4 @@
-"""Benchmark: LIME samples per second, captum's plain ``Lime`` vs ``companion.explain.lime_segments``.
+"""Benchmark: LIME samples per second, captum's plain ``Lime`` vs ``companion.masking.explain.lime_segments``.
 
 One 32x32 RGB image, 40 segments (a 5x8 grid), a ``companion.models.SmallCNN``, one CPU thread by
 default. Three explainers, timed interleaved in the same run:
@@ -27,7 +27,7 @@ import torch
 from captum._utils.models.linear_model import SkLearnRidge
 from captum.attr import Lime
 
-from companion.explain import lime_segments, predict
+from companion.masking.explain import lime_segments, predict
 from companion.models import SmallCNN
 
 

@@ -43,10 +43,16 @@ class Paper:
     code_url: str
     topic: str
     status: str
+    no_method_module: str = ""  # why the paper needs no companion/methods/<topic>/<slug>.py, if it needs none
 
     @property
     def notebook(self) -> Path:
         return notebooks_dir() / f"{self.slug}.ipynb"
+
+    @property
+    def method_module(self) -> Path:
+        """``companion/methods/<topic>/<slug>.py``: what only this paper needs (topic with ``-`` as ``_``)."""
+        return Path(__file__).resolve().parent / "methods" / self.topic.replace("-", "_") / f"{self.slug}.py"
 
     @property
     def implemented(self) -> bool:

@@ -145,7 +145,10 @@ def check_data(values: dict[str, Any]) -> None:
 
     name = values.get("dataset")
     if name is not None:
-        data.require(name, values.get("data_dir", ""))
+        try:
+            data.require(name, values.get("data_dir", ""))
+        except data.DataError as exc:
+            raise ParamError(str(exc)) from None
 
 
 def resolve(slug: str, namespace: dict[str, Any], show: bool = True) -> SimpleNamespace:

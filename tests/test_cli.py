@@ -104,7 +104,7 @@ BAD = [
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(project, tmp_path, monkeypatch, argv, message):
     from companion import data
 
-    monkeypatch.setattr(data, "available", lambda name, data_dir="": name == "shapes")  # no real data here
+    monkeypatch.setattr(data.files, "available", lambda name, data_dir="": name == "shapes")  # no real data here
     if "cuda" in argv:
         import torch
 

@@ -4,12 +4,13 @@ import torch.nn.functional as F
 
 from companion import distill, masks
 from companion.models import MAE, ViT
+from companion.methods.masked_image_modeling import maskalign
 
 
 def _student(depth=3, targets=2, dynamic=True, dim=16, teacher_dim=8, init_layers=None):
     torch.manual_seed(0)
     enc = MAE(image_size=8, patch_size=4, dim=dim, depth=depth, heads=2, decoder_depth=0)
-    return distill.AlignedStudent(enc, distill.DynamicAlignment(depth, targets, dim, teacher_dim, dynamic,
+    return maskalign.AlignedStudent(enc, maskalign.DynamicAlignment(depth, targets, dim, teacher_dim, dynamic,
                                                                 init_layers))
 
 
@@ -91,17 +92,17 @@ def test_teacher_targets_get_no_gradient():
 
 
 def test_static_alignment_is_a_fixed_one_to_one_assignment():
-    da = distill.DynamicAlignment(3, 2, 4, 6, dynamic=False, init_layers=[0, 2])
+    da = maskalign.DynamicAlignment(3, 2, 4, 6, dynamic=False, init_layers=[0, 2])
     assert "weights" not in dict(da.named_parameters())
     hidden = [torch.randn(2, 5, 4) for _ in range(3)]
     out = da(hidden)
     assert torch.allclose(out[0], da.heads[0](hidden[0])) and torch.allclose(out[1], da.heads[1](hidden[2]))
     with pytest.raises(ValueError, match="init_layers"):
-        distill.DynamicAlignment(3, 2, 4, 6, init_layers=[0, 3])
+        maskalign.DynamicAlignment(3, 2, 4, 6, init_layers=[0, 3])
 
 
 def test_dynamic_alignment_learns_a_layer_mixing_initialised_near_the_static_one():
-    da = distill.DynamicAlignment(4, 2, 4, 6)
+    da = maskalign.DynamicAlignment(4, 2, 4, 6)
     assert da.weights.requires_grad
     expected = torch.zeros(2, 4)
     expected[0, 2] = expected[1, 3] = 1.0
@@ -117,7 +118,7 @@ def test_maskalign_loss_trains_the_student_and_never_the_teacher():
         p.requires_grad_(False)
     x = torch.rand(4, 3, 8, 8)
     visible = masks.token_ratio_mask(4, 4, 0.5, torch.Generator().manual_seed(0))
-    loss = distill.maskalign_loss(student, teacher, x, visible, [1, 2])
+    loss = maskalign.maskalign_loss(student, teacher, x, visible, [1, 2])
     loss.backward()
     assert loss.item() > 0
     assert student.encoder.blocks[0].attn.qkv.weight.grad is not None
@@ -161,7 +162,7 @@ def test_count_flops_counts_matmuls_and_attention():
 def test_training_step_flops_is_deterministic_and_clears_gradients():
     student, teacher = _student(targets=1), _teacher()
     visible = masks.token_ratio_mask(2, 4, 0.5, torch.Generator().manual_seed(0))
-    loss_fn = lambda m, x, y: distill.maskalign_loss(m, teacher, x, visible, [2])
+    loss_fn = lambda m, x, y: maskalign.maskalign_loss(m, teacher, x, visible, [2])
     x = torch.rand(2, 3, 8, 8)
     a = distill.training_step_flops(student, loss_fn, x)
     assert a > 0 and a == distill.training_step_flops(student, loss_fn, x)
@@ -177,7 +178,7 @@ def test_fit_with_checkpoints_evaluates_at_fractions_of_the_run():
         return m.align.heads[0].weight.detach().clone()
 
     g = torch.Generator().manual_seed(0)
-    loss_fn = lambda m, x, y: distill.maskalign_loss(m, teacher, x, masks.token_ratio_mask(len(x), 4, 0.5, g), [2])
+    loss_fn = lambda m, x, y: maskalign.maskalign_loss(m, teacher, x, masks.token_ratio_mask(len(x), 4, 0.5, g), [2])
     losses, results = distill.fit_with_checkpoints(student, torch.rand(16, 3, 8, 8), loss_fn, 4, (0.0, 0.5, 1.0),
                                                    evaluate, batch_size=4, progress=False)
     assert len(losses) == 4 and list(results) == [0.0, 0.5, 1.0]

@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from companion.models.gpt import GPT, GPTConfig, KVCache, causal_mask, sliding_window_bias_fn, sliding_window_mask, topk_mask
+from companion.models.gpt import GPT, GPTConfig, KVCache
+from companion.masks.attention import causal_mask, sliding_window_bias_fn, sliding_window_mask, topk_mask
 
 ATOL = 1e-5
 

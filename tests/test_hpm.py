@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from companion import hpm, masks
+from companion.methods.masked_image_modeling import hpm
+from companion import masks
 from companion.models import MAE, MAEConfig
 
 torch.set_num_threads(1)

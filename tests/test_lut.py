@@ -1,8 +1,10 @@
 import pytest
 import torch
 
-from companion import lut, train
+from companion.methods.masked_image_modeling import lut
+from companion import train
 from companion.models import MAE, MAEConfig
+from companion import masks
 
 
 def tiny_lut(seed=0):
@@ -21,11 +23,11 @@ def test_mlp_head_maps_features_and_zero_layers_is_identity():
 
 
 def test_disjoint_masks_keep_k_patches_each_and_never_share_one():
-    v1, v2 = lut.disjoint_masks(6, 16, 0.75, torch.Generator().manual_seed(0))
+    v1, v2 = masks.disjoint_masks(6, 16, 0.75, torch.Generator().manual_seed(0))
     assert v1.dtype == torch.bool and v1.shape == v2.shape == (6, 16)
     assert (v1.sum(1) == 4).all() and (v2.sum(1) == 4).all() and not (v1 & v2).any()
     with pytest.raises(ValueError, match="ratio >= 0.5"):
-        lut.disjoint_masks(2, 16, 0.25)
+        masks.disjoint_masks(2, 16, 0.25)
 
 
 def test_crop_flip_without_padding_only_flips():

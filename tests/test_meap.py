@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from companion import meap
+from companion.methods.sequence import meap
 from companion.models.gpt import GPT, GPTConfig
-from companion.seqdata import IGNORE, multi_doc_retrieval
+from companion.data.sequences import IGNORE, multi_doc_retrieval
 
 
 def test_num_masked_follows_the_official_rounding():

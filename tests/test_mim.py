@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from companion import masks, mim
+from companion.methods.masked_image_modeling import colormae
 from companion.models import mae
 
 
@@ -74,7 +75,7 @@ def test_linear_probe_separates_separable_features():
 
 def test_band_shares_sum_to_one_and_follow_the_noise_colours():
     g = torch.Generator().manual_seed(0)
-    shares = {c: mim.band_shares(mim.mask_generator(c, 8, 0.75)(200, g)) for c in ("white", "red", "blue", "green")}
+    shares = {c: colormae.band_shares(mim.mask_generator(c, 8, 0.75)(200, g)) for c in ("white", "red", "blue", "green")}
     assert torch.allclose(shares["white"].sum(1), torch.ones(200))
     low, mid, high = (torch.stack([s.mean(0)[i] for s in shares.values()]) for i in range(3))
     assert shares["red"].mean(0)[0] > shares["white"].mean(0)[0] > shares["blue"].mean(0)[0]
@@ -86,8 +87,8 @@ def test_distance_to_visible_counts_tokens_on_the_grid():
     visible = torch.zeros(1, 9, dtype=torch.bool)
     visible[0, 4] = True  # the centre of a 3x3 grid: 4 edge neighbours at 1, 4 corners at sqrt 2
     expected = (4 * 1 + 4 * 2**0.5) / 8
-    assert torch.allclose(mim.distance_to_visible(visible), torch.tensor([expected]))
-    assert mim.distance_to_visible(torch.ones(2, 9, dtype=torch.bool)).tolist() == [0.0, 0.0]
+    assert torch.allclose(colormae.distance_to_visible(visible), torch.tensor([expected]))
+    assert colormae.distance_to_visible(torch.ones(2, 9, dtype=torch.bool)).tolist() == [0.0, 0.0]
 
 
 def test_mean_fill_loss_is_zero_on_flat_images_and_counts_removed_pixels_only():

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from companion import masks, mto, train
+from companion import masks, train
+from companion.methods.masked_image_modeling import mto
 from companion.models import MAE, MAEConfig
 
 torch.set_num_threads(1)

@@ -53,7 +53,7 @@ def test_resolve_scales_untouched_values_to_full(monkeypatch):
 def test_missing_dataset_names_the_preparing_command(monkeypatch, tmp_path):
     from companion import data
 
-    monkeypatch.setattr(data, "FASHION_MNIST_DIRS", ())
+    monkeypatch.setattr(data.files, "FASHION_MNIST_DIRS", ())
     monkeypatch.setenv("COMPANION_DATA", str(tmp_path))
     with pytest.raises(params.ParamError, match="data_scripts/fashion_mnist.py"):
         params.check_data({"dataset": "fashion_mnist"})

@@ -33,8 +33,8 @@ def test_environment_yml_mirrors_pyproject():
 
 
 def test_the_cpu_test_path_does_not_need_torchvision():
-    out = subprocess.run([sys.executable, "-c", "import sys, companion.masking, companion.explain, companion.runner,"
-                          " companion.models, companion.layer_mask; print('torchvision' in sys.modules)"],
+    out = subprocess.run([sys.executable, "-c", "import sys, companion.masking, companion.masking.explain, companion.runner,"
+                          " companion.models, companion.masking.layer; print('torchvision' in sys.modules)"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

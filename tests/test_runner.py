@@ -98,7 +98,7 @@ def no_real_data(monkeypatch):
     """Pretend no real dataset is prepared (this machine may have Fashion-MNIST installed)."""
     from companion import data
 
-    monkeypatch.setattr(data, "available", lambda name, data_dir="": name == "shapes")
+    monkeypatch.setattr(data.files, "available", lambda name, data_dir="": name == "shapes")
 
 
 def test_bad_input_raises_before_anything_is_written(project, tmp_path, monkeypatch):

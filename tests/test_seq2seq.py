@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from companion.early_exit import greedy_decode, teacher_forcing_input
+from companion.methods.parameter_masks.mue_early_exit import greedy_decode, teacher_forcing_input
 from companion.models.seq2seq import Seq2Seq, Seq2SeqConfig
 
 ATOL = 1e-5

@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from companion import masks, mim, tgm, video
+from companion import masks, mim
+from companion.methods.masked_image_modeling import tgm_video_mae
+from companion.data import video
 from companion.models.video_mae import VideoMAE, sincos_1d
 
 KW = dict(image_size=16, patch_size=4, frames=4, tubelet=2, dim=16, depth=1, heads=2, decoder_dim=16,
@@ -81,16 +83,16 @@ def test_patch_mean_fill_loss_equals_the_image_version():
 def test_info_nce_prefers_the_diagonal_and_handles_repeated_captions():
     scale = torch.tensor(10.0)
     good, bad = torch.eye(4), torch.eye(4).flip(0)
-    assert tgm.info_nce(good, scale) < tgm.info_nce(bad, scale)
+    assert tgm_video_mae.info_nce(good, scale) < tgm_video_mae.info_nce(bad, scale)
     same = torch.ones(4, 4, dtype=torch.bool)  # all captions equal: every pair is a positive
     # soft targets: the best a model can do is spread evenly, reaching the entropy log 4, not 0
-    assert torch.isclose(tgm.info_nce(torch.zeros(4, 4), scale, same), torch.log(torch.tensor(4.0)))
-    assert tgm.info_nce(torch.eye(4), scale, same) > tgm.info_nce(torch.zeros(4, 4), scale, same)
+    assert torch.isclose(tgm_video_mae.info_nce(torch.zeros(4, 4), scale, same), torch.log(torch.tensor(4.0)))
+    assert tgm_video_mae.info_nce(torch.eye(4), scale, same) > tgm_video_mae.info_nce(torch.zeros(4, 4), scale, same)
 
 
 def test_video_text_losses_and_scores():
     torch.manual_seed(0)
-    model = tgm.VideoText(VideoMAE(**KW), embed_dim=8)
+    model = tgm_video_mae.VideoText(VideoMAE(**KW), embed_dim=8)
     d = video.make_clips(6, seed=2)
     vis = masks.token_ratio_mask(6, 32, 0.5, torch.Generator().manual_seed(0))
     recon = model.loss(d.clips, d.captions, vis)
@@ -110,8 +112,8 @@ def test_aligner_is_cached_and_learns(tmp_path, monkeypatch):
     monkeypatch.setenv("COMPANION_CACHE", str(tmp_path))
     d = video.make_clips(256, seed=0)
     kw = {**KW, "dim": 32, "decoder_dim": 32}
-    a = tgm.aligner(d.clips, d.captions, steps=60, embed_dim=16, batch_size=32, device="cpu", **kw)
-    b = tgm.aligner(d.clips, d.captions, steps=60, embed_dim=16, batch_size=32, device="cpu", **kw)
+    a = tgm_video_mae.aligner(d.clips, d.captions, steps=60, embed_dim=16, batch_size=32, device="cpu", **kw)
+    b = tgm_video_mae.aligner(d.clips, d.captions, steps=60, embed_dim=16, batch_size=32, device="cpu", **kw)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     n_captions = len(torch.unique(d.captions, dim=0))
     assert a.retrieval_accuracy(d.clips, d.captions) > 2 / n_captions

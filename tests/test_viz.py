@@ -4,7 +4,7 @@ matplotlib.use("Agg")  # tests only; the package never picks a backend
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from companion import viz  # noqa: E402
+from companion import viz
 
 
 def test_grouped_bars_draw_one_bar_per_group_and_strategy_and_per_group_references(tmp_path):

@@ -4,12 +4,11 @@ Every classifier has ``forward_features(x)``, ``forward_head(features)`` and ``f
 """
 
 from .cnn import BasicBlock, ResNet, SmallCNN, resnet18_like
-from .gpt import GPT, GPTConfig, KVCache, causal_mask, sliding_window_bias_fn, sliding_window_mask, topk_mask
+from .gpt import GPT, GPTConfig, KVCache
 from .mae import MAE, MAEConfig, mae_tiny
 from .seq2seq import Seq2Seq, Seq2SeqConfig
 from .video_mae import VideoMAE, VideoMAEConfig
 from .vit import ViT, ViTConfig
 
 __all__ = ["BasicBlock", "ResNet", "SmallCNN", "resnet18_like", "ViT", "ViTConfig", "MAE", "MAEConfig", "mae_tiny",
-           "VideoMAE", "VideoMAEConfig", "Seq2Seq", "Seq2SeqConfig", "GPT", "GPTConfig", "KVCache", "causal_mask",
-           "sliding_window_bias_fn", "sliding_window_mask", "topk_mask"]
+           "VideoMAE", "VideoMAEConfig", "Seq2Seq", "Seq2SeqConfig", "GPT", "GPTConfig", "KVCache"]

@@ -3,7 +3,7 @@
 Every classifier here has ``forward_features(x)`` (the last feature map, before pooling),
 ``forward_head(features)`` (global average pool, flatten, linear) and ``forward(x)`` = head(features).
 The layers are plain attributes / ``nn.Sequential`` containers so ``torch.fx.symbolic_trace`` can trace
-them, which is what :mod:`companion.layer_mask` needs.
+them, which is what :mod:`companion.masking.layer` needs.
 
 - :class:`SmallCNN`: conv3x3-BN-ReLU stages with 2x2 max pooling in between; trains in seconds on a CPU
   at 32x32.

@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..masks.attention import causal_mask
+
 
 @dataclass
 class GPTConfig:
@@ -45,40 +47,6 @@ class GPTConfig:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Mask helpers (bool, True = may attend). Queries are the last q_len of k_len positions.
-
-
-def causal_mask(q_len: int, k_len: int | None = None, device=None) -> torch.Tensor:
-    """(L, K) bool: query i (absolute position K-L+i) may attend keys j <= its position."""
-    k_len = q_len if k_len is None else k_len
-    q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
-    return torch.arange(k_len, device=device)[None, :] <= q_pos
-
-
-def sliding_window_mask(q_len: int, window: int, k_len: int | None = None, device=None) -> torch.Tensor:
-    """(L, K) bool causal sliding window: a query at position p sees keys p-window < j <= p (itself included)."""
-    if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
-    k_len = q_len if k_len is None else k_len
-    q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
-    k_pos = torch.arange(k_len, device=device)[None, :]
-    return (k_pos <= q_pos) & (k_pos > q_pos - window)
-
-
-def sliding_window_bias_fn(window: int):
-    """An ``attn_bias_fn`` applying the same sliding window in every layer."""
-    return lambda layer_idx, q_len, k_len: sliding_window_mask(q_len, window, k_len)
-
-
-def topk_mask(scores: torch.Tensor, k: int, allowed: torch.Tensor | None = None) -> torch.Tensor:
-    """Keep the ``k`` highest-scoring keys per query. scores (..., L, K) float; ``allowed`` bool broadcastable
-    to it (e.g. ``causal_mask``) restricts the candidates; a query with fewer than ``k`` allowed keys keeps all.
-    Returns a bool mask shaped like ``scores`` (True = keep). Not differentiable (use it on detached scores)."""
-    if allowed is not None:
-        allowed = allowed.expand_as(scores)
-        scores = scores.masked_fill(~allowed, float("-inf"))
-    k = min(k, scores.shape[-1])
-    keep = torch.zeros_like(scores, dtype=torch.bool).scatter(-1, scores.topk(k, dim=-1).indices, True)
-    return keep & allowed if allowed is not None else keep
 
 
 def merge_attn_mask(extra, attn_mask=None, is_causal: bool = False):

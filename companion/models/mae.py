@@ -14,7 +14,7 @@ Two encoder modes (``MAEConfig.mode``):
 
 ``MAEConfig(loss_predictor=True)`` adds HPM's auxiliary decoder branch (Wang et al., "Hard Patches Mining"):
 a second stack of decoder blocks on the same decoder input that predicts one score per patch — how hard that
-patch is to reconstruct (``forward_loss_predictor``). It is trained by ``companion.hpm``.
+patch is to reconstruct (``forward_loss_predictor``). It is trained by ``companion.methods.masked_image_modeling.hpm``.
 
 Shapes: N images, L = (image_size / patch_size)² patches, K visible patches, D encoder width,
 Dd decoder width, P = patch_size² · channels pixel values per patch.
@@ -28,6 +28,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
+from ..masks.tokens import num_visible
 from .vit import Block
 
 
@@ -262,9 +263,4 @@ def mae_tiny(**kwargs) -> MAE:
     return MAE(MAEConfig(**kwargs))
 
 
-def num_visible(num_tokens: int, ratio: float) -> int:
-    """How many of ``num_tokens`` stay visible at mask ratio ``ratio`` (exact, the same rule everywhere)."""
-    return num_tokens - round(ratio * num_tokens)
-
-
-__all__ = ["MAE", "MAEConfig", "Encoded", "LossPredictor", "mae_tiny", "num_visible", "sincos_pos_embed"]
+__all__ = ["MAE", "MAEConfig", "Encoded", "LossPredictor", "mae_tiny", "sincos_pos_embed"]

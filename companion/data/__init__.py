@@ -1,0 +1,13 @@
+"""Data with ground truth: generators (shapes, video, sequences, chat) and loaders of prepared real data.
+
+``images`` (shape scenes, Fashion-MNIST), ``video`` (captioned clips of moving shapes), ``sequences``
+(associative recall, retrieval, digit tasks, a character corpus), ``chat`` (a chat corpus with system
+prompts); ``files`` finds prepared datasets and raises :class:`DataError` naming the command that prepares one.
+The image API is re-exported here: ``data.make_shapes``, ``data.load_fashion_mnist``.
+"""
+
+from .files import PREPARE, DataError, available, data_root, require
+from .images import FASHION_CLASSES, SHAPE_CLASSES, ImageSet, load_fashion_mnist, make_shapes
+
+__all__ = ["DataError", "PREPARE", "available", "data_root", "require", "FASHION_CLASSES", "SHAPE_CLASSES",
+           "ImageSet", "load_fashion_mnist", "make_shapes"]

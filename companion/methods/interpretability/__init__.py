@@ -1,0 +1,1 @@
+"""Input masking for interpretability."""

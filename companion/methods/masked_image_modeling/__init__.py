@@ -1,0 +1,1 @@
+"""Masked image (and video) modelling."""

@@ -1,0 +1,167 @@
+"""Hard Patches Mining (Wang et al., "Bootstrap Masked Visual Modeling via Hard Patches Mining", TPAMI 2025).
+
+An MAE that also predicts, per patch, how hard that patch will be to reconstruct, and then masks the patches
+it predicts to be hard. Three pieces, all on ``companion.models.MAE(MAEConfig(loss_predictor=True))``:
+
+* the **relative loss** (:func:`relative_loss`): the predictor is trained only to *rank* the removed patches
+  by their actual reconstruction loss — a binary cross-entropy on ``sigmoid(pred_k − pred_j)`` for every
+  pair of removed patches with target ``[loss_k > loss_j]``;
+* the **hard-patch mask** (``companion.masks.hard_patch_mask``), fed by the predictor's scores on the full
+  image (:func:`predicted_losses`);
+* the **easy → hard schedule** (:func:`easy_to_hard_fraction`): the share of removed patches chosen by the
+  predictor grows linearly from 0 to ``max_fraction`` (0.5 in the paper) over training; the rest are random.
+
+:class:`HPMObjective` puts them together as a ``loss_fn`` for ``companion.train.fit``; with ``guided=False``
+(random masks) it trains "MAE + loss prediction", and on a model without a predictor it is plain MAE.
+
+Mask convention as in ``companion.masks``: token masks are bool (N, L), True = visible, False = removed.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from ... import masks
+from ...models.mae import MAE
+
+
+def relative_loss(predicted: torch.Tensor, actual: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    """HPM's relative (ranking) objective for the loss predictor.
+
+    predicted, actual [N, L] (``actual`` is the per-patch reconstruction loss, detached by the caller);
+    removed [N, L] bool. For every ordered pair (j, k) of removed patches of one image with different actual
+    losses: BCE of ``sigmoid(predicted_k − predicted_j)`` against ``actual_k > actual_j``. Mean over those pairs.
+    """
+    diff = predicted[:, None, :] - predicted[:, :, None]  # [N, L, L], entry (j, k) = pred_k - pred_j
+    pair = removed[:, None, :] & removed[:, :, None]
+    harder = (actual[:, None, :] > actual[:, :, None]) & pair
+    easier = (actual[:, None, :] < actual[:, :, None]) & pair
+    loss = -(harder * F.logsigmoid(diff) + easier * F.logsigmoid(-diff))
+    return loss.sum() / (harder | easier).sum().clamp(min=1)
+
+
+def easy_to_hard_fraction(step: int, total_steps: int, max_fraction: float = 0.5) -> float:
+    """Share of the removed patches chosen by predicted difficulty at ``step`` (0-based): linear from
+    ``max_fraction / total_steps`` to ``max_fraction`` (HPM: ``(epoch + 1) / epochs · 0.5``)."""
+    return min(1.0, (step + 1) / total_steps) * max_fraction
+
+
+def full_view(model: MAE, n: int, device=None) -> torch.Tensor:
+    """A token mask that keeps every patch: [n, L] all True."""
+    return torch.ones(n, model.num_patches, dtype=torch.bool, device=device)
+
+
+@torch.no_grad()
+def predicted_losses(model: MAE, imgs: torch.Tensor) -> torch.Tensor:
+    """The loss predictor's scores on the whole image (nothing removed), as HPM uses them to choose the
+    mask: imgs [N, C, H, W] → [N, L], higher = predicted harder."""
+    enc = model.forward_encoder(imgs, token_mask=full_view(model, len(imgs), imgs.device))
+    return model.forward_loss_predictor(enc.latent, enc.ids_restore)
+
+
+@torch.no_grad()
+def patch_losses(model: MAE, imgs: torch.Tensor, visible: torch.Tensor, predictor: bool = True) -> torch.Tensor:
+    """Actual per-patch reconstruction loss under the mask ``visible`` [N, L] and, with ``predictor``, the
+    predictor's scores under that same mask (the condition it is trained in): → [N, L] or [N, 2, L]."""
+    enc = model.forward_encoder(imgs, token_mask=visible)
+    actual = model.forward_loss(imgs, model.forward_decoder(enc.latent, enc.ids_restore), visible, reduction="none")
+    if not predictor:
+        return actual
+    return torch.stack([actual, model.forward_loss_predictor(enc.latent, enc.ids_restore)], dim=1)
+
+
+def removed_mean(per_patch: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """Mean of per-patch values [N, L] over each image's removed patches → [N]."""
+    removed = (~visible).to(per_patch.dtype)
+    return (per_patch * removed).sum(1) / removed.sum(1).clamp(min=1)
+
+
+@torch.no_grad()
+def dense_patch_loss(model: MAE, imgs: torch.Tensor, ratio: float, n_masks: int,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """How hard each patch is, averaged over ``n_masks`` random masks: the mean reconstruction loss of a patch
+    over the masks that removed it → [N, L] (0 for a patch no mask removed)."""
+    total = torch.zeros(len(imgs), model.num_patches, device=imgs.device)
+    count = torch.zeros_like(total)
+    for _ in range(n_masks):
+        visible = masks.token_ratio_mask(len(imgs), model.num_patches, ratio, generator).to(imgs.device)
+        removed = (~visible).float()
+        total += patch_losses(model, imgs, visible, predictor=False) * removed
+        count += removed
+    return total / count.clamp(min=1)
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Spearman rank correlation of each row of a and b [N, L] → [N]. ``valid`` [N, L] bool (the same count
+    in every row) restricts each row to those entries. Ties get arbitrary distinct ranks (continuous data)."""
+    if valid is not None:
+        counts = valid.sum(1)
+        if (counts != counts[0]).any():
+            raise ValueError(f"valid must select the same number of entries per row, got {counts.tolist()}")
+        a, b = a[valid].view(len(a), -1), b[valid].view(len(b), -1)
+    ra = a.argsort(dim=1).argsort(dim=1).double()
+    rb = b.argsort(dim=1).argsort(dim=1).double()
+    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
+    return ((ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1)).clamp(min=1e-12)).float()
+
+
+def with_predictor_from(model: MAE, source: MAE) -> MAE:
+    """A copy of ``model`` whose loss-predictor branch has ``source``'s weights (e.g. its initial ones: the
+    paired "untrained predictor" baseline on the same trained encoder and decoder)."""
+    out = copy.deepcopy(model)
+    out.loss_predictor.load_state_dict(source.loss_predictor.state_dict())
+    return out
+
+
+class HPMObjective:
+    """``loss_fn`` for ``companion.train.fit``: one HPM training step's loss (it counts the steps itself).
+
+    Each call: the current model scores the whole batch with its loss predictor (no gradient — HPM uses an
+    EMA teacher, see the notebook), ``hard_patch_mask`` removes ``ratio`` of the patches, the
+    scheduled share of them chosen by those scores (``guided``; otherwise a uniform random mask); the MAE
+    loss on the removed patches plus ``predictor_weight`` × :func:`relative_loss` is returned. A model
+    without a loss predictor gets the plain MAE loss. ``history`` records, per step, the pretext loss,
+    the predictor loss and the hard fraction.
+    """
+
+    def __init__(self, total_steps: int, ratio: float = 0.75, guided: bool = True, max_fraction: float = 0.5,
+                 predictor_weight: float = 1.0, generator: torch.Generator | None = None):
+        self.total_steps, self.ratio, self.guided = total_steps, ratio, guided
+        self.max_fraction, self.predictor_weight = max_fraction, predictor_weight
+        self.generator = generator
+        self.step = 0
+        self.history: dict[str, list[float]] = {"pretext": [], "predictor": [], "hard_fraction": []}
+
+    def hard_fraction(self) -> float:
+        return easy_to_hard_fraction(self.step, self.total_steps, self.max_fraction) if self.guided else 0.0
+
+    def mask(self, model: MAE, imgs: torch.Tensor) -> torch.Tensor:
+        """This step's token mask [N, L] (True = visible)."""
+        fraction = self.hard_fraction()
+        n_removed = model.num_patches - masks.num_visible(model.num_patches, self.ratio)
+        if int(n_removed * fraction) == 0:  # nothing to choose by difficulty yet: skip the scoring pass
+            return masks.token_ratio_mask(len(imgs), model.num_patches, self.ratio, self.generator).to(imgs.device)
+        return masks.hard_patch_mask(predicted_losses(model, imgs), self.ratio, fraction, self.generator)
+
+    def __call__(self, model: MAE, imgs: torch.Tensor, labels=None) -> torch.Tensor:
+        fraction = self.hard_fraction()
+        visible = self.mask(model, imgs)
+        enc = model.forward_encoder(imgs, token_mask=visible)
+        per_patch = model.forward_loss(imgs, model.forward_decoder(enc.latent, enc.ids_restore), visible,
+                                       reduction="none")  # [N, L]
+        pretext = removed_mean(per_patch, visible).mean()
+        loss = pretext
+        predictor = torch.zeros(())
+        if model.loss_predictor is not None:
+            scores = model.forward_loss_predictor(enc.latent, enc.ids_restore)
+            predictor = relative_loss(scores, per_patch.detach(), ~visible)
+            loss = pretext + self.predictor_weight * predictor
+        self.history["pretext"].append(pretext.item())
+        self.history["predictor"].append(predictor.item())
+        self.history["hard_fraction"].append(fraction)
+        self.step += 1
+        return loss
+

@@ -1,0 +1,80 @@
+"""MaskAlign: align the visible tokens' features of a masked student with a frozen teacher's features
+of the whole image, through Dynamic Alignment (learnable per-layer mixing of student levels).
+
+The shared feature-distillation pieces (teacher features, alignment losses, CKA, FLOP counts) are in
+``companion.distill``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from ...distill import feature_alignment_loss, teacher_tokens
+
+
+class DynamicAlignment(nn.Module):
+    """MaskAlign's Dynamic Alignment: for each aligned teacher layer t, a mixture of the student's block
+    outputs, ``Σ_s W[t, s] · h_s``, followed by a linear head to the teacher's width.
+
+    ``init_layers[t]`` is the student block initially assigned to teacher target t (default: the last
+    ``len(targets)`` student blocks, in order). ``dynamic=True``: W is learnable, initialised as that
+    one-hot assignment + 0.01 everywhere (as the official code initialises ``eye + 0.01``). ``dynamic=False``:
+    W is the fixed one-hot assignment (static alignment: student block s ↔ teacher layer t).
+    """
+
+    def __init__(self, student_depth: int, num_targets: int, student_dim: int, teacher_dim: int,
+                 dynamic: bool = True, init_layers: Sequence[int] | None = None):
+        super().__init__()
+        if init_layers is None:
+            init_layers = list(range(student_depth - num_targets, student_depth))
+        init_layers = list(init_layers)
+        if len(init_layers) != num_targets or not all(0 <= s < student_depth for s in init_layers):
+            raise ValueError(f"init_layers must name {num_targets} student blocks in [0, {student_depth}), "
+                             f"got {init_layers}")
+        assign = torch.zeros(num_targets, student_depth)
+        assign[torch.arange(num_targets), torch.tensor(init_layers)] = 1.0
+        self.dynamic = dynamic
+        if dynamic:
+            self.weights = nn.Parameter(assign + 0.01)
+        else:
+            self.register_buffer("weights", assign)
+        self.heads = nn.ModuleList(nn.Linear(student_dim, teacher_dim) for _ in range(num_targets))
+
+    def forward(self, hidden: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """hidden: the student's block outputs, each [N, T, Ds] → one prediction [N, T, Dt] per teacher target."""
+        if len(hidden) != self.weights.shape[1]:
+            raise ValueError(f"expected {self.weights.shape[1]} student block outputs, got {len(hidden)}")
+        stacked = torch.stack(list(hidden))  # [S, N, T, Ds]
+        mixed = torch.einsum("ts,snkd->tnkd", self.weights.to(stacked.dtype), stacked)  # [Tt, N, T, Ds]
+        return [head(m) for head, m in zip(self.heads, mixed, strict=True)]
+
+
+class AlignedStudent(nn.Module):
+    """A student encoder (an MAE in ``"mae"`` mode: it sees only the visible tokens) with an alignment module.
+
+    ``forward(images, visible)`` → (predictions per aligned teacher layer [N, 1+K, Dt], the ``Encoded``).
+    The encoder's decoder, if any, is not used: MaskAlign has no reconstruction.
+    """
+
+    def __init__(self, encoder: nn.Module, align: DynamicAlignment):
+        super().__init__()
+        self.encoder, self.align = encoder, align
+
+    def forward(self, images: torch.Tensor, visible: torch.Tensor):
+        enc = self.encoder.forward_encoder(images, visible, return_hidden=True)
+        return self.align(enc.hidden), enc
+
+
+def maskalign_loss(student: AlignedStudent, teacher: nn.Module, images: torch.Tensor, visible: torch.Tensor,
+                   teacher_layers: Sequence[int], **loss_kwargs) -> torch.Tensor:
+    """MaskAlign's objective: the student sees the visible tokens, the frozen teacher the intact image; the
+    student's aligned predictions match the teacher's ``teacher_layers`` at the visible tokens.
+    ``loss_kwargs`` go to ``feature_alignment_loss`` (loss, target_norm, weights)."""
+    targets = teacher_tokens(teacher, images, teacher_layers)
+    preds, _ = student(images, visible)
+    return feature_alignment_loss(preds, targets, visible, **loss_kwargs)
+
+

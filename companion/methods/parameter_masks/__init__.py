@@ -1,0 +1,1 @@
+"""Parameter, layer and exit masks: N:M sparsity, layer skipping, early exit."""

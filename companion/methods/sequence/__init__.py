@@ -1,0 +1,1 @@
+"""Masks in sequence models: attention, inputs, prompts."""

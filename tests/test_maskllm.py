@@ -1,0 +1,98 @@
+"""Tests of companion.methods.parameter_masks.maskllm: held-out NLL, Wanda calibration norms, sparse copies, annealing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from companion.methods.parameter_masks import maskllm as se
+from companion.models import GPT, GPTConfig
+from companion.methods.parameter_masks.maskllm import NMLinear, nm_prior_logits_from_mask
+from companion.masks.nm import is_nm, magnitude_nm_mask
+
+
+def tiny_gpt(seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16))
+
+
+def test_window_nll_matches_cross_entropy_per_window_and_perplexity_is_its_exp():
+    model = tiny_gpt()
+    x = torch.randint(0, 11, (5, 8), generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 11, (5, 8), generator=torch.Generator().manual_seed(1))
+    nll = se.window_nll(model, x, y, batch_size=2)
+    with torch.no_grad():
+        expected = torch.stack([F.cross_entropy(model(x[i:i + 1])[0], y[i]) for i in range(5)])
+    assert nll.shape == (5,) and torch.allclose(nll, expected, atol=1e-5)
+    assert se.perplexity(nll) == pytest.approx(math.exp(expected.mean().item()), rel=1e-5)
+
+
+def test_unigram_perplexity_is_vocab_size_for_uniform_text():
+    ids = torch.arange(4).repeat(25)
+    assert se.unigram_perplexity(ids, ids, 4) == pytest.approx(4.0)
+    skewed = torch.tensor([0] * 97 + [1, 2, 3])
+    assert se.unigram_perplexity(skewed, skewed, 4) < 2.0
+
+
+def test_input_norms_are_feature_norms_of_each_linear_input_and_leave_outputs_unchanged():
+    model = nn.Sequential(nn.Embedding(5, 8), nn.Linear(8, 4))
+    x = torch.tensor([[0, 1, 2], [3, 4, 0]])
+    before = model(x)
+    norms = se.input_norms(model, x, ["1"])
+    expected = model[0](x).reshape(-1, 8).pow(2).sum(0).sqrt()
+    assert torch.allclose(norms["1"], expected.detach(), atol=1e-5)
+    assert torch.equal(model(x), before) and not model[1]._forward_hooks
+
+
+def test_sparse_copy_replaces_only_named_linears_and_freezes_everything_else():
+    model = tiny_gpt()
+    names = se.linear_names(model, lambda n: n.startswith("blocks."))
+    assert "lm_head" not in names and len(names) == 4
+    masks = {n: magnitude_nm_mask(dict(model.named_modules())[n].weight) for n in names}
+    fixed = se.sparse_copy(model, masks=masks)
+    assert isinstance(model.blocks[0].attn.c_attn, nn.Linear)  # the original is untouched
+    assert all(isinstance(dict(fixed.named_modules())[n], NMLinear) for n in names)
+    assert not any(p.requires_grad for p in fixed.parameters())
+    priors = {n: nm_prior_logits_from_mask(m) for n, m in masks.items()}
+    learn = se.sparse_copy(model, prior_logits=priors)
+    trainable = [n for n, p in learn.named_parameters() if p.requires_grad]
+    assert sorted(trainable) == sorted(f"{n}.mask_logits" for n in names)
+    learned = se.final_masks(learn)
+    assert all(torch.equal(learned[n], masks[n]) and is_nm(learned[n]) for n in names)  # starts at the prior
+    x = torch.randint(0, 11, (2, 8))
+    with torch.no_grad():
+        assert torch.allclose(fixed.eval()(x), learn.eval()(x), atol=1e-5)
+    with pytest.raises(ValueError, match="exactly one"):
+        se.sparse_copy(model)
+
+
+def test_anneal_schedule_is_linear_from_start_to_end_and_sets_every_learnable_layer():
+    sched = se.AnnealSchedule(5, tau=(4.0, 0.0), scale=(1.0, 9.0))
+    assert sched.value(0) == (4.0, 1.0) and sched.value(4) == (0.0, 9.0) and sched.value(2) == (2.0, 5.0)
+    model = nn.Sequential(NMLinear(torch.randn(4, 8), learnable=True), NMLinear(torch.randn(4, 8)))
+    for _ in range(3):
+        sched(model)
+    assert (model[0].tau, model[0].scale) == (2.0, 5.0) and sched.history[0] == (4.0, 1.0)
+    assert model[1].tau == 4.0  # a fixed-mask layer is left alone
+
+
+def test_pattern_counts_changed_groups_and_gate_confidence():
+    mask = torch.tensor([[1, 1, 0, 0, 0, 0, 1, 1], [1, 1, 0, 0, 1, 0, 1, 0]]).bool()
+    assert se.pattern_counts(mask).tolist() == [2, 1, 0, 0, 0, 1]
+    other = torch.tensor([[1, 1, 0, 0, 0, 0, 1, 1], [0, 1, 1, 0, 1, 0, 1, 0]]).bool()
+    assert se.changed_groups(mask, other) == 0.25
+    layer = NMLinear(torch.randn(4, 8), learnable=True, prior_strength=20.0, tau=1.0)
+    assert se.gate_confidence(layer) == 1.0
+    layer.tau = 100.0
+    assert se.gate_confidence(layer) == 0.0
+
+
+def test_overlap_counts_classify_groups_by_kept_weights_shared_with_the_prior():
+    prior = torch.tensor([[1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0]]).bool()
+    mask = torch.tensor([[1, 1, 0, 0, 1, 0, 1, 0, 0, 0, 1, 1]]).bool()
+    assert se.overlap_counts(mask, prior).tolist() == [1, 1, 1]
+    assert se.overlap_counts(prior, prior).tolist() == [0, 0, 3]

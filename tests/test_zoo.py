@@ -1,0 +1,84 @@
+import threading
+
+import pytest
+import torch
+import torch.nn as nn
+
+from companion import zoo
+
+
+def _build():
+    torch.manual_seed(0)
+    return nn.Linear(3, 2)
+
+
+def _trainer(calls):
+    def train(model):
+        calls.append(1)
+        with torch.no_grad():
+            model.weight.add_(1.0)
+    return train
+
+
+def test_cached_trains_once_then_loads(tmp_path):
+    calls = []
+    data = torch.arange(6.0)
+    a = zoo.cached("toy", {"steps": 1}, _build, _trainer(calls), (data,), directory=tmp_path)
+    b = zoo.cached("toy", {"steps": 1}, _build, _trainer(calls), (data,), directory=tmp_path)
+    assert len(calls) == 1
+    assert torch.equal(a.weight, b.weight)
+    assert torch.equal(a.weight, _build().weight + 1.0)  # loaded weights are the trained ones
+    assert not a.training and not any(p.requires_grad for p in a.parameters())
+
+
+def test_key_changes_with_config_and_data(tmp_path):
+    calls = []
+    zoo.cached("toy", {"steps": 1}, _build, _trainer(calls), (torch.zeros(3),), directory=tmp_path)
+    zoo.cached("toy", {"steps": 2}, _build, _trainer(calls), (torch.zeros(3),), directory=tmp_path)
+    zoo.cached("toy", {"steps": 2}, _build, _trainer(calls), (torch.ones(3),), directory=tmp_path)
+    assert len(calls) == 3
+    assert len(list(tmp_path.glob("toy-*.pt"))) == 3
+
+
+def test_parallel_workers_train_once(tmp_path):
+    calls = []
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(
+        zoo.cached("toy", {}, _build, _trainer(calls), directory=tmp_path))) for _ in range(3)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert len(calls) == 1 and len(out) == 3
+
+
+def test_bad_name(tmp_path):
+    with pytest.raises(ValueError, match="alphanumeric"):
+        zoo.cached("../x", {}, _build, _trainer([]), directory=tmp_path)
+
+
+def test_ema_update():
+    t, s = nn.Linear(2, 2), nn.Linear(2, 2)
+    before = t.weight.clone()
+    zoo.ema_update(t, s, 0.9)
+    assert torch.allclose(t.weight, 0.9 * before + 0.1 * s.weight)
+    zoo.ema_update(t, s, 0.0)
+    assert torch.equal(t.weight, s.weight)
+    with pytest.raises(ValueError):
+        zoo.ema_update(t, s, 1.5)
+
+
+def test_standard_teachers_are_cached_and_deterministic(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPANION_CACHE", str(tmp_path))
+    from companion.data import make_shapes
+
+    data = make_shapes(64, size=16, seed=0)
+    kw = dict(image_size=16, patch_size=4, dim=16, depth=1, heads=2)
+    a = zoo.supervised_vit(data.images, data.labels, steps=3, batch_size=8, device="cpu", **kw)
+    b = zoo.supervised_vit(data.images, data.labels, steps=3, batch_size=8, device="cpu", **kw)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    m = zoo.mae(data.images, steps=2, batch_size=8, device="cpu", decoder_dim=16, decoder_depth=1, **kw)
+    assert m.cfg.dim == 16
+    assert len(list(tmp_path.glob("*.pt"))) == 2
+    # a fresh cache trains the same weights again (deterministic)
+    monkeypatch.setenv("COMPANION_CACHE", str(tmp_path / "other"))
+    c = zoo.supervised_vit(data.images, data.labels, steps=3, batch_size=8, device="cpu", **kw)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
