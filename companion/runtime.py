@@ -1,9 +1,11 @@
-"""Seeding, determinism, device choice and the ``accelerate.Accelerator`` every notebook uses."""
+"""Seeding, determinism, device choice, progress display and the ``accelerate.Accelerator`` every notebook uses."""
 
 from __future__ import annotations
 
 import os
 import random
+import sys
+import time
 
 import numpy as np
 import torch
@@ -40,3 +42,61 @@ def accelerator(device: str = "auto", mixed_precision: str = "no"):
 
     cpu = resolve_device(device).type == "cpu"
     return Accelerator(cpu=cpu, mixed_precision="no" if cpu else mixed_precision)
+
+
+BATCH_ENV = "COMPANION_BATCH"  # set by the runner: papermill runs print one line per loop instead of a bar
+
+
+def interactive() -> bool:
+    """True in JupyterLab / a notebook UI with widgets; False under papermill (``$COMPANION_BATCH``) or a script."""
+    if os.environ.get(BATCH_ENV):
+        return False
+    if "ipykernel" not in sys.modules:
+        return False
+    try:
+        import ipywidgets  # noqa: F401 -- tqdm's notebook bar needs it
+    except ImportError:
+        return False
+    return True
+
+
+class progress:
+    """A progress display over ``range(total)`` (or ``iterable``): a live bar where someone watches, one line at the end
+    where nobody does.
+
+    In JupyterLab it is tqdm's widget bar; in a terminal tqdm's text bar on stderr; under papermill (the runner sets
+    ``$COMPANION_BATCH``) nothing while it runs and one line on stdout when it ends, e.g.
+    ``train CNN: 300 steps in 4.1 s (loss 0.08)``, so executed notebooks carry no stderr noise.
+    ``set_postfix(**values)`` updates what the bar (and the final line) shows.
+    """
+
+    def __init__(self, total: int | None = None, desc: str = "", iterable=None, enabled: bool = True,
+                 unit: str = "steps"):
+        self.iterable = range(total) if iterable is None else iterable
+        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        self.desc, self.unit, self.enabled = desc, unit, enabled
+        self.postfix: dict[str, str] = {}
+        self.bar = None
+        self.batch = enabled and (bool(os.environ.get(BATCH_ENV)) or ("ipykernel" in sys.modules and not interactive()))
+        if enabled and not self.batch:
+            if interactive():
+                from tqdm.notebook import tqdm
+            else:
+                from tqdm.std import tqdm
+            self.bar = tqdm(self.iterable, total=self.total, desc=desc, leave=False, mininterval=1.0)
+
+    def __iter__(self):
+        start, n = time.perf_counter(), 0
+        for item in (self.bar if self.bar is not None else self.iterable):
+            n += 1
+            yield item
+        if self.bar is not None:
+            self.bar.close()
+        if self.batch:
+            extra = f" ({', '.join(f'{k} {v}' for k, v in self.postfix.items())})" if self.postfix else ""
+            print(f"{self.desc or 'loop'}: {n} {self.unit} in {time.perf_counter() - start:.1f} s{extra}", flush=True)
+
+    def set_postfix(self, **values) -> None:
+        self.postfix = {k: (f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in values.items()}
+        if self.bar is not None:
+            self.bar.set_postfix(self.postfix, refresh=False)

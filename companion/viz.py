@@ -29,11 +29,11 @@ def moving_average(values, k: int) -> list[float]:
     return ((csum[idx] - csum[(idx - k).clamp_min(0)]) / (idx - (idx - k).clamp_min(0))).tolist()
 
 
-def save(fig, out_dir, name: str) -> Path:
+def save(fig, out_dir, name: str) -> None:
+    """Write ``fig`` to ``<out_dir>/<name>.png``. Returns nothing, so a cell ending in it shows no ``Out[]``."""
     path = Path(out_dir) / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
 
 
 def image_grid(rows: list[list[torch.Tensor]], row_titles=None, col_titles=None, cell: float = 1.3,

@@ -132,7 +132,7 @@ def test_run_writes_notebook_claims_and_figure(good_run):
     nb, claims_json, png = out / "good.ipynb", out / "claims.json", out / "curve.png"
     assert nb.is_file() and claims_json.is_file() and png.is_file()
     assert f"executed notebook: {nb}" in stdout and str(claims_json) in stdout and str(png) in stdout
-    assert "| claim | metric | baseline | method | expected | verdict | note |" in stdout
+    assert "| kind | claim | baseline | method | method − baseline [95 % CI] | expected | verdict | note |" in stdout
     for v in VERDICTS:
         assert f"| {v} |" in stdout
     doc = json.loads(claims_json.read_text())

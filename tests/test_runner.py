@@ -31,10 +31,11 @@ ax.plot([0, 1], [0, cfg.mask_fraction])
 fig.savefig(os.path.join(cfg.out_dir, "curve.png"))
 plt.show()
 t = claims.ClaimTable("good", cfg.profile, cfg.seed)
-t.add("bigger is better", "score", "base", 1.0, "masked", 2.0, "higher")
+t.add("bigger is better", "score", "base", 1.0, "masked", 2.0, "higher", interval=(0.9, 1.1))
 t.add("fraction helps", "score", "base", 1.0, "masked", cfg.mask_fraction, "higher",
+      interval=(cfg.mask_fraction - 1.1, cfg.mask_fraction - 0.9),
       note=f"threads={os.environ.get('COMPANION_THREADS')} launcher={os.getppid()}")
-t.add("within margin", "loss", "base", 1.0, "masked", 0.99, "lower", margin=0.1)
+t.add("within noise", "loss", "base", 1.0, "masked", 0.99, "lower", interval=(-0.2, 0.1))
 t.add("needs a GPU", "accuracy", "base", None, "masked", None, "higher", testable=False)
 t.write(cfg.out_dir)
 t

@@ -31,8 +31,8 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from .. import runtime
 from ..masks.image import segments_to_mask
 
 #: ``apply(model, x (N,C,H,W), mask (N,1,H,W) bool, strategy) -> logits (N,K)``
@@ -425,7 +425,7 @@ def evaluate_lime(
         eval_strategy: strategy used by the faithfulness metrics; default: each explanation is
             scored with its own strategy (see the caveat in the module docstring).
         n_perturb_samples: samples for :func:`infidelity_score`.
-        progress: show a tqdm bar over images.
+        progress: show progress over images (a bar, or one final line under papermill).
         per_image: return the per-image values (lists, paired across strategies) instead of means.
 
     Returns:
@@ -437,8 +437,7 @@ def evaluate_lime(
             f"got {len(images)} images, {len(segments_list)} segment maps and {len(gt_masks)} masks"
         )
     scores: dict[str, dict[str, list[float]]] = {s: {m: [] for m in METRICS} for s in strategies}
-    bar = tqdm(range(len(images)), desc="LIME", leave=False, mininterval=1, disable=not progress)
-    for i in bar:
+    for i in runtime.progress(len(images), desc="LIME", enabled=progress, unit="images"):
         x = images[i]
         x = x.unsqueeze(0) if x.dim() == 3 else x
         segments, gt = segments_list[i], gt_masks[i]
