@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from companion.methods.masked_image_modeling import hpm
-from companion import masks
+from companion import masks, metrics
 from companion.models import MAE, MAEConfig
 
 torch.set_num_threads(1)
@@ -92,15 +92,15 @@ def test_relative_loss_rewards_the_right_order_and_ignores_visible_patches():
 
 def test_spearman_is_one_for_the_same_order_and_minus_one_reversed():
     a = torch.rand(4, 10, generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(hpm.spearman(a, a.exp()), torch.ones(4))
-    assert torch.allclose(hpm.spearman(a, -a), -torch.ones(4))
+    assert torch.allclose(metrics.spearman_rows(a, a.exp()), torch.ones(4))
+    assert torch.allclose(metrics.spearman_rows(a, -a), -torch.ones(4))
     valid = torch.zeros(4, 10, dtype=torch.bool)
     valid[:, :5] = True
     b = torch.cat([a[:, :5], -a[:, 5:]], 1)  # agrees on the valid part only
-    assert torch.allclose(hpm.spearman(a, b, valid), torch.ones(4))
+    assert torch.allclose(metrics.spearman_rows(a, b, valid), torch.ones(4))
     valid[0, 7] = True
     with pytest.raises(ValueError, match="same number"):
-        hpm.spearman(a, b, valid)
+        metrics.spearman_rows(a, b, valid)
 
 
 # ---- the loss predictor on the MAE -------------------------------------------------------------------------------

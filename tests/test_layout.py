@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "companion"
 # Bottom to top. A module imports only from its own layer's package or from lower layers; methods never
 # import each other (what a second paper needs moves down into a core package).
 LAYERS = [
-    ("runtime", "catalog"),
+    ("runtime", "catalog", "metrics"),
     ("data", "masks"),
     ("models", "params"),
     ("train",),

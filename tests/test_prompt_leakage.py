@@ -8,6 +8,7 @@ import random
 import pytest
 import torch
 
+from companion import metrics
 from companion.methods.sequence import prompt_leakage
 from companion.models import GPT, GPTConfig
 from companion.data.sequences import IGNORE
@@ -96,9 +97,9 @@ def test_recovery_and_ngram_metrics():
 
 def test_spearman_matches_known_values_and_ci_brackets_it():
     x = [1, 2, 3, 4, 5]
-    assert prompt_leakage.spearman(x, [2, 4, 6, 8, 10]) == pytest.approx(1.0)
-    assert prompt_leakage.spearman(x, [5, 4, 3, 2, 1]) == pytest.approx(-1.0)
-    assert prompt_leakage.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833)  # scipy.stats.spearmanr
+    assert metrics.spearman(x, [2, 4, 6, 8, 10]) == pytest.approx(1.0)
+    assert metrics.spearman(x, [5, 4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert metrics.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833)  # scipy.stats.spearmanr
     rng = torch.Generator().manual_seed(0)
     a = torch.randn(200, generator=rng)
     b = -a + 0.5 * torch.randn(200, generator=rng)

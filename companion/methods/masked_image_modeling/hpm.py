@@ -94,20 +94,6 @@ def dense_patch_loss(model: MAE, imgs: torch.Tensor, ratio: float, n_masks: int,
     return total / count.clamp(min=1)
 
 
-def spearman(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Spearman rank correlation of each row of a and b [N, L] → [N]. ``valid`` [N, L] bool (the same count
-    in every row) restricts each row to those entries. Ties get arbitrary distinct ranks (continuous data)."""
-    if valid is not None:
-        counts = valid.sum(1)
-        if (counts != counts[0]).any():
-            raise ValueError(f"valid must select the same number of entries per row, got {counts.tolist()}")
-        a, b = a[valid].view(len(a), -1), b[valid].view(len(b), -1)
-    ra = a.argsort(dim=1).argsort(dim=1).double()
-    rb = b.argsort(dim=1).argsort(dim=1).double()
-    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
-    return ((ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1)).clamp(min=1e-12)).float()
-
-
 def with_predictor_from(model: MAE, source: MAE) -> MAE:
     """A copy of ``model`` whose loss-predictor branch has ``source``'s weights (e.g. its initial ones: the
     paired "untrained predictor" baseline on the same trained encoder and decoder)."""

@@ -37,12 +37,12 @@ from __future__ import annotations
 import difflib
 import math
 import random
-import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...metrics import spearman
 from ...data.chat import END, JUNK, PAD, SYSTEM
 from ...data.sequences import IGNORE, CharTokenizer
 
@@ -145,16 +145,6 @@ def extraction_scores(responses: list[str], prompts: list[str], threshold: float
     rec = torch.tensor([recovery(r, p) for r, p in zip(cleaned, prompts)])
     return {"recovery": rec, "extracted": (rec >= threshold).float(),
             "ngram": torch.tensor([float(ngram_hit(r, p, n)) for r, p in zip(cleaned, prompts)])}
-
-
-def spearman(x, y) -> float:
-    """Spearman rank correlation (``scipy.stats.spearmanr``: average ranks for ties); nan when either side
-    is constant."""
-    from scipy.stats import ConstantInputWarning, spearmanr
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConstantInputWarning)
-        return float(spearmanr(np.asarray(x, dtype=float), np.asarray(y, dtype=float)).statistic)
 
 
 def spearman_ci(x, y, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
