@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import catalog, claims, params
+from . import catalog, claims, params, runtime
 
 VERDICTS = claims.VERDICTS
 
@@ -127,7 +127,8 @@ def run_notebook(slug: str, profile: str = "ci", seed: int | None = None, overri
     start, t0 = time.time(), time.perf_counter()
     error = ""
     try:
-        with _KernelEnv({params.RESOLVED_ENV: "1"}):  # values are final: resolve() must not rescale them
+        # values are final (resolve() must not rescale them); loops print one line each instead of a bar
+        with _KernelEnv({params.RESOLVED_ENV: "1", runtime.BATCH_ENV: "1"}):
             pm.execute_notebook(
                 str(paper.notebook), str(executed), parameters=values, kernel_name="python3", language="python",
                 cwd=str(catalog.notebooks_dir()), start_timeout=180, execution_timeout=timeout,
