@@ -1,7 +1,7 @@
-"""Teachers for distillation notebooks: trained once, cached on disk keyed by their config, shared by notebooks.
+"""The model zoo: models several notebooks need, trained once per config and cached on disk with a file lock.
 
-A teacher is described by a *name*, a JSON-able *config* and the tensors it is trained on. ``cached`` builds
-the model, and either loads its weights from ``runs/cache/teachers/<name>-<key>.pt`` or trains it and saves
+A model is described by a *name*, a JSON-able *config* and the tensors it is trained on. ``cached`` builds
+the model, and either loads its weights from ``runs/cache/zoo/<name>-<key>.pt`` or trains it and saves
 them there. The key hashes the config, the data and the source of ``companion.models`` and
 ``companion.train``, so a change to any of them trains a new teacher instead of loading a stale one. A file
 lock (``filelock``) makes parallel workers — ``companion run-all --jobs 2``, pytest-xdist — train each teacher
@@ -10,7 +10,9 @@ once: the second worker waits and loads.
 Training is deterministic on the CPU, so a loaded teacher equals a freshly trained one bit for bit, and a
 notebook's numbers do not depend on whether the cache was warm.
 
-``ema_update`` is the exponential-moving-average teacher of BYOL/DINO/iBOT-style methods.
+Named entries (``register``) are what ``companion zoo build [NAME ...]`` (and ``make zoo``) trains ahead
+of the notebooks, with the arguments the notebooks' ``ci`` runs use, so that CI trains each once and the
+notebooks load them. ``ema_update`` is the exponential-moving-average teacher of BYOL/DINO/iBOT-style methods.
 """
 
 from __future__ import annotations
@@ -29,8 +31,38 @@ from .catalog import project_root
 
 
 def cache_dir() -> Path:
-    """``$COMPANION_CACHE`` if set, else ``<project>/runs/cache/teachers`` (git-ignored)."""
-    return Path(os.environ.get("COMPANION_CACHE") or project_root() / "runs" / "cache" / "teachers")
+    """``$COMPANION_CACHE`` if set, else ``<project>/runs/cache/zoo`` (git-ignored)."""
+    return Path(os.environ.get("COMPANION_CACHE") or project_root() / "runs" / "cache" / "zoo")
+
+
+REGISTRY: dict[str, Callable[[], nn.Module]] = {}
+
+
+def register(name: str):
+    """Register ``fn() -> model`` as the zoo entry ``name`` (it trains or loads through :func:`cached`)."""
+    def deco(fn):
+        REGISTRY[name] = fn
+        return fn
+    return deco
+
+
+def names() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def build(which: Sequence[str] | None = None) -> dict[str, float]:
+    """Train (or load) the named entries, all by default; returns the seconds each took."""
+    import time
+
+    unknown = sorted(set(which or ()) - set(REGISTRY))
+    if unknown:
+        raise KeyError(f"unknown zoo model {unknown[0]!r}; choose from {', '.join(names()) or '(none)'}")
+    seconds = {}
+    for name in which or names():
+        t0 = time.perf_counter()
+        REGISTRY[name]()
+        seconds[name] = time.perf_counter() - t0
+    return seconds
 
 
 def _source_digest() -> str:

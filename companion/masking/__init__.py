@@ -20,7 +20,8 @@ STRATEGIES = ("black", "grey", "mean", "blur", "layer")
 FILLS = STRATEGIES[:4]
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of images (N, C, H, W), radius 3σ, replicate padding: the one blur of the package."""
     radius = max(1, int(3 * sigma))
     t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     k = torch.exp(-0.5 * (t / sigma) ** 2)
@@ -43,7 +44,7 @@ def fill(x: torch.Tensor, mask: torch.Tensor, strategy: str) -> torch.Tensor:
         mean = (x * keep).sum(dim=(2, 3), keepdim=True) / visible.clamp_min(1)
         value = torch.where(visible > 0, mean, torch.full_like(mean, 0.5)).expand_as(x)
     elif strategy == "blur":
-        value = _gaussian_blur(x, sigma=max(1.0, x.shape[-1] / 8))
+        value = gaussian_blur(x, sigma=max(1.0, x.shape[-1] / 8))
     else:
         raise ValueError(f"unknown fill {strategy!r}; choose one of {', '.join(FILLS)}")
     return torch.where(mask, x, value)
