@@ -44,6 +44,7 @@ class Paper:
     topic: str
     status: str
     no_method_module: str = ""  # why the paper needs no companion/methods/<topic>/<slug>.py, if it needs none
+    key_figure: str = ""  # the PNG stem (``viz.save(fig, out_dir, "<stem>")``) the report shows as thumbnail
 
     @property
     def notebook(self) -> Path:
