@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from companion.models.gpt import GPT, GPTConfig, KVCache
+from companion.models.layers import attention_map_hook
 from companion.masks.attention import causal_mask, sliding_window_bias_fn, sliding_window_mask, topk_mask
 
 ATOL = 1e-5
@@ -136,6 +137,23 @@ def test_capture_returns_hidden_states_and_row_stochastic_causal_attention():
     _, cap = m(x, skip=[False, True, False], capture=True)
     assert cap["attentions"][1] is None
     assert torch.equal(cap["hidden_states"][1], cap["hidden_states"][2])
+
+
+@torch.no_grad()
+def test_attention_map_hook_sees_the_captured_maps_and_can_replace_them():
+    m, x = _model(), _tokens()
+    _, cap = m(x, capture=True)
+    seen = {}
+    with attention_map_hook(m, lambda module, att: seen.__setitem__(module.layer_idx, att)):
+        m(x)
+    assert sorted(seen) == [0, 1, 2]
+    assert all(torch.allclose(seen[i], cap["attentions"][i], atol=ATOL) for i in seen)
+    first_only = lambda module, att: torch.zeros_like(att).index_fill_(-1, torch.tensor([0]), 1.0)
+    with attention_map_hook(m, first_only):  # every query reads only the first position's value
+        replaced = m(x)
+    plain = m(x)
+    assert torch.allclose(replaced[:, 0], plain[:, 0], atol=ATOL)  # the first query attended only itself anyway
+    assert not torch.allclose(replaced[:, 1:], plain[:, 1:], atol=1e-3)
 
 
 @pytest.mark.parametrize("token_shift", [False, True])

@@ -65,7 +65,7 @@ def test_encoder_sees_visible_tokens_only_with_hidden_states():
 
 def full_sequence_with_attention_mask(model, x, visible):
     """Reference: every token goes through the encoder, but removed tokens are never attended (keys masked)."""
-    tokens = model.patch_embed(x).flatten(2).transpose(1, 2) + model.pos_embed[:, 1:]
+    tokens = model.patch_embed(x) + model.pos_embed[:, 1:]
     cls = (model.cls_token + model.pos_embed[:, :1]).expand(len(x), -1, -1)
     tokens = torch.cat([cls, tokens], dim=1)
     attend = torch.cat([torch.ones(len(x), 1, dtype=torch.bool), visible], dim=1)[:, None, None, :]
@@ -139,7 +139,7 @@ def test_mae_gradients_reach_encoder_and_mask_token():
     model.train()
     loss, _, _ = model(x, 0.75, generator=torch.Generator().manual_seed(0))
     loss.backward()
-    assert model.mask_token.grad.abs().sum() > 0 and model.patch_embed.weight.grad.abs().sum() > 0
+    assert model.mask_token.grad.abs().sum() > 0 and model.patch_embed.proj.weight.grad.abs().sum() > 0
 
 
 def test_bad_config_is_rejected():

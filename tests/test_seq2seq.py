@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import torch
 
+from companion.masks.attention import causal_mask
 from companion.methods.parameter_masks.mue_early_exit import greedy_decode, teacher_forcing_input
+from companion.models.layers import attention_map_hook
 from companion.models.seq2seq import Seq2Seq, Seq2SeqConfig
 
 ATOL = 1e-5
@@ -34,6 +36,19 @@ def test_shapes_and_per_layer_states():
     all_logits = m(src, tgt, return_all_logits=True)
     assert len(all_logits) == 2 and torch.allclose(all_logits[-1], m(src, tgt), atol=ATOL)
     assert m.head.weight is m.tgt_tok.weight  # one shared exit head, tied to the decoder embedding
+
+
+@torch.no_grad()
+def test_cross_attention_maps_are_distributions_over_the_source():
+    m = _model()
+    src, tgt = _tokens(4, 9), _tokens(4, 8, seed=2)
+    maps = {}
+    with attention_map_hook(m.decoder, lambda module, att: maps.__setitem__((module.layer_idx, module.cross), att)):
+        m(src, tgt)
+    assert sorted(maps) == [(0, False), (0, True), (1, False), (1, True)]
+    cross = maps[1, True]
+    assert cross.shape == (4, 2, 8, 9) and torch.allclose(cross.sum(-1), torch.ones(4, 2, 8), atol=ATOL)
+    assert float(maps[0, False].masked_select(~causal_mask(8)).abs().max()) == 0.0  # self-attention is causal
 
 
 @torch.no_grad()

@@ -1,14 +1,17 @@
 """Small, readable models shared by the notebooks (one file per family, timm-style interface).
 
-Every classifier has ``forward_features(x)``, ``forward_head(features)`` and ``forward(x)``.
+Every classifier has ``forward_features(x)``, ``forward_head(features)`` and ``forward(x)``. The transformers
+share one ``Attention``, ``MLP``, ``Block`` and ``PatchEmbed`` from :mod:`companion.models.layers`.
 """
 
 from .cnn import BasicBlock, ResNet, SmallCNN, resnet18_like
-from .gpt import GPT, GPTConfig, KVCache
+from .gpt import GPT, GPTConfig
+from .layers import MLP, Attention, Block, KVCache, PatchEmbed, attention_map_hook
 from .mae import MAE, MAEConfig, mae_tiny
 from .seq2seq import Seq2Seq, Seq2SeqConfig
 from .video_mae import VideoMAE, VideoMAEConfig
 from .vit import ViT, ViTConfig
 
 __all__ = ["BasicBlock", "ResNet", "SmallCNN", "resnet18_like", "ViT", "ViTConfig", "MAE", "MAEConfig", "mae_tiny",
-           "VideoMAE", "VideoMAEConfig", "Seq2Seq", "Seq2SeqConfig", "GPT", "GPTConfig", "KVCache"]
+           "VideoMAE", "VideoMAEConfig", "Seq2Seq", "Seq2SeqConfig", "GPT", "GPTConfig", "KVCache",
+           "Attention", "Block", "MLP", "PatchEmbed", "attention_map_hook"]

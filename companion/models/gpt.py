@@ -1,6 +1,7 @@
 """A tiny GPT (nanoGPT-style) with the hooks the sequence-masking papers need.
 
-- causal or bidirectional self-attention (``GPTConfig.causal``) through ``F.scaled_dot_product_attention``;
+- causal or bidirectional self-attention (``GPTConfig.causal``): the shared ``Block`` and ``Attention`` of
+  :mod:`companion.models.layers`, through ``F.scaled_dot_product_attention``;
 - a pluggable attention mask/bias hook ``attn_bias_fn(layer_idx, q_len, k_len)`` returning an additive float
   bias or a bool mask (True = may attend), shaped (L, K) or (N, H, L, K); the queries are the *last* ``q_len``
   of the ``k_len`` positions (this matters with a KV cache). Ready-made: ``sliding_window_mask``, ``topk_mask``;
@@ -26,9 +27,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..masks.attention import causal_mask
+from .layers import MLP, Attention, Block, KVCache
 
 
 @dataclass
@@ -45,118 +46,26 @@ class GPTConfig:
     tie_weights: bool = True
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Mask helpers (bool, True = may attend). Queries are the last q_len of k_len positions.
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
 
-def merge_attn_mask(extra, attn_mask=None, is_causal: bool = False):
-    """Fold a content hook's output into SDPA's ``(attn_mask, is_causal)``: ``extra`` is None, an additive float
-    bias or a bool mask (True = may attend), shaped (N|1, H|1, L, K); ``is_causal`` becomes an explicit causal
-    mask (queries are the last L of K positions). The hook must leave every query at least one allowed key."""
-    if extra is None:
-        return attn_mask, is_causal
-    if extra.dtype == torch.bool:
-        extra = torch.zeros(extra.shape, device=extra.device).masked_fill(~extra, float("-inf"))
-    if is_causal:
-        q_len, k_len = extra.shape[-2:]
-        extra = extra.masked_fill(~causal_mask(q_len, k_len, extra.device), float("-inf"))
-    return (extra if attn_mask is None else attn_mask + extra), False
-
-
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class KVCache:
-    """Per-layer keys/values (N, H, T, hd) and key validity (N, T) for incremental decoding.
-
-    Every layer's cache has the same length ``self.length``; a layer skipped for a sequence stores nothing
-    valid for it (``valid`` is False there), so later queries of that layer never read those slots.
-    """
-
-    def __init__(self, n_layer: int):
-        self.k: list[torch.Tensor | None] = [None] * n_layer
-        self.v: list[torch.Tensor | None] = [None] * n_layer
-        self.valid: list[torch.Tensor | None] = [None] * n_layer
-        self.length = 0
-        self.last_token: torch.Tensor | None = None  # (N,) last token seen, for token shift
-
-    def append_valid(self, layer_idx: int, written: torch.Tensor) -> torch.Tensor:
-        """Record which new slots (N, L) hold real keys for this layer; returns all validity (N, T+L)."""
-        old = self.valid[layer_idx]
-        self.valid[layer_idx] = written if old is None else torch.cat([old, written], dim=1)
-        return self.valid[layer_idx]
-
-    def append_kv(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.k[layer_idx] is not None:
-            k = torch.cat([self.k[layer_idx], k], dim=2)
-            v = torch.cat([self.v[layer_idx], v], dim=2)
-        self.k[layer_idx], self.v[layer_idx] = k, v
-        return k, v
-
-
-class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention; causal or not is decided by the mask the model passes in."""
-
-    def __init__(self, config: GPTConfig, layer_idx: int):
-        super().__init__()
-        assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
-        self.layer_idx, self.n_head = layer_idx, config.n_head
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
-        self.resid_dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x, attn_mask=None, is_causal=False, cache: KVCache | None = None, need_weights=False,
-                qkv_fn=None):
-        """x (N,L,D); attn_mask additive float (N|1,H|1,L,K) or None; ``qkv_fn(layer_idx, q, k, v)`` an optional
-        content hook (see the module docstring). Returns (y (N,L,D), att (N,H,L,K) or None)."""
-        n, length, d = x.shape
-        q, k, v = self.c_attn(x).split(d, dim=2)
-        q, k, v = (t.view(n, length, self.n_head, d // self.n_head).transpose(1, 2) for t in (q, k, v))  # (N,H,L,hd)
-        if cache is not None:
-            k, v = cache.append_kv(self.layer_idx, k, v)  # (N,H,K,hd)
-        if qkv_fn is not None:
-            attn_mask, is_causal = merge_attn_mask(qkv_fn(self.layer_idx, q, k, v), attn_mask, is_causal)
-        att = None
-        if need_weights:
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (N,H,L,K)
-            if is_causal:
-                scores = scores.masked_fill(~causal_mask(length, k.shape[2], x.device), float("-inf"))
-            if attn_mask is not None:
-                scores = scores + attn_mask
-            att = scores.softmax(dim=-1)
-            y = att @ v
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
-        y = y.transpose(1, 2).reshape(n, length, d)
-        return self.resid_dropout(self.c_proj(y)), att
-
-
-class MLP(nn.Module):
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        hidden = int(config.mlp_ratio * config.n_embd)
-        self.c_fc = nn.Linear(config.n_embd, hidden)
-        self.c_proj = nn.Linear(hidden, config.n_embd)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
-
-
-class Block(nn.Module):
-    """Pre-LN transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
-
-    def __init__(self, config: GPTConfig, layer_idx: int):
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd)
-        self.attn = CausalSelfAttention(config, layer_idx)
-        self.ln_2 = nn.LayerNorm(config.n_embd)
-        self.mlp = MLP(config)
-
-    def forward(self, x, attn_mask=None, is_causal=False, cache=None, need_weights=False, qkv_fn=None):
-        y, att = self.attn(self.ln_1(x), attn_mask, is_causal, cache, need_weights, qkv_fn)
-        x = x + y
-        return x + self.mlp(self.ln_2(x)), att
+def init_gpt2_(model: nn.Module, n_layers: int) -> None:
+    """GPT-2 initialisation in place: N(0, 0.02) weights and zero biases for every linear and embedding, then
+    N(0, 0.02/√(2·n_layers)) for the projections that write into the residual stream (``Attention.proj``,
+    ``MLP.fc2``)."""
+    model.apply(_init_weights)
+    std = 0.02 / math.sqrt(2 * n_layers)
+    for module in model.modules():  # module order: the same draws as before the layers were shared
+        if isinstance(module, Attention):
+            nn.init.normal_(module.proj.weight, mean=0.0, std=std)
+        elif isinstance(module, MLP):
+            nn.init.normal_(module.fc2.weight, mean=0.0, std=std)
 
 
 class GPT(nn.Module):
@@ -172,24 +81,13 @@ class GPT(nn.Module):
         # previous-token embedding; row ``vocab_size`` stands for "no previous token"
         self.wse = nn.Embedding(config.vocab_size + 1, config.n_embd) if config.token_shift else None
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.blocks = nn.ModuleList(Block(config.n_embd, config.n_head, config.mlp_ratio, config.dropout, layer_idx=i)
+                                    for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():  # GPT-2 scaled init of the residual projections
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        init_gpt2_(self, config.n_layer)
         if config.tie_weights:
             self.lm_head.weight = self.wte.weight
-
-    @staticmethod
-    def _init_weights(module):
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,4 +1,4 @@
-"""A tiny Masked Autoencoder (He et al., 2022) on the blocks of ``companion.models.vit``.
+"""A tiny Masked Autoencoder (He et al., 2022) on the shared blocks of ``companion.models.layers``.
 
 Mask convention for this module: a token mask is bool ``(N, L)`` with **True = visible** (kept, seen by the
 encoder) and False = removed (to be reconstructed) — the same as ``companion.masks``. The MAE reference code
@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from ..masks.tokens import num_visible
-from .vit import Block
+from .layers import Block, PatchEmbed
 
 
 @dataclass
@@ -82,8 +82,8 @@ class LossPredictor(nn.Module):
 
     def __init__(self, cfg: MAEConfig):
         super().__init__()
-        self.blocks = nn.ModuleList(Block(cfg.decoder_dim, cfg.decoder_heads, cfg.mlp_ratio)
-                                    for _ in range(cfg.decoder_depth))
+        self.blocks = nn.ModuleList(Block(cfg.decoder_dim, cfg.decoder_heads, cfg.mlp_ratio, layer_idx=i)
+                                    for i in range(cfg.decoder_depth))
         self.norm = nn.LayerNorm(cfg.decoder_dim)
         self.head = nn.Linear(cfg.decoder_dim, 1)
 
@@ -107,19 +107,19 @@ class MAE(nn.Module):
         self.grid = cfg.image_size // cfg.patch_size
         self.num_patches = self.grid**2
         # encoder
-        self.patch_embed = nn.Conv2d(cfg.in_channels, cfg.dim, cfg.patch_size, stride=cfg.patch_size)
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_channels, cfg.dim)
         self.cls_token = nn.Parameter(torch.randn(1, 1, cfg.dim) * 0.02)
         self.register_buffer("pos_embed", sincos_pos_embed(cfg.dim, self.grid)[None], persistent=False)
         self.enc_mask_token = nn.Parameter(torch.randn(1, 1, cfg.dim) * 0.02) if cfg.mode == "simmim" else None
-        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, layer_idx=i) for i in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.dim)
         # decoder
         self.decoder_embed = nn.Linear(cfg.dim, cfg.decoder_dim)
         self.mask_token = nn.Parameter(torch.randn(1, 1, cfg.decoder_dim) * 0.02) if cfg.mode == "mae" else None
         self.register_buffer("decoder_pos_embed", sincos_pos_embed(cfg.decoder_dim, self.grid)[None],
                              persistent=False)
-        self.decoder_blocks = nn.ModuleList(Block(cfg.decoder_dim, cfg.decoder_heads, cfg.mlp_ratio)
-                                            for _ in range(cfg.decoder_depth))
+        self.decoder_blocks = nn.ModuleList(Block(cfg.decoder_dim, cfg.decoder_heads, cfg.mlp_ratio, layer_idx=i)
+                                            for i in range(cfg.decoder_depth))
         self.decoder_norm = nn.LayerNorm(cfg.decoder_dim)
         self.decoder_pred = nn.Linear(cfg.decoder_dim, cfg.patch_size**2 * cfg.in_channels)
         # built last, so a model without it is initialised exactly as before
@@ -181,7 +181,7 @@ class MAE(nn.Module):
                         return_attention: bool = False) -> Encoded:
         """imgs [N, C, H, W]; ``token_mask`` [N, L] bool (True = visible, equal count per row) or None to draw a
         random mask with ``ratio``. In ``"mae"`` mode only the visible tokens enter the encoder."""
-        x = self.patch_embed(imgs).flatten(2).transpose(1, 2)  # [N, L, D]
+        x = self.patch_embed(imgs)  # [N, L, D]
         if token_mask is not None and token_mask.shape != x.shape[:2]:
             raise ValueError(f"token_mask must be (N, L) = {tuple(x.shape[:2])}, got {tuple(token_mask.shape)}")
         pos = self.pos_embed[:, 1:]  # [1, L, D]

@@ -1,25 +1,24 @@
 """A tiny encoder-decoder transformer (T5/BART-shaped, pre-LN) with per-layer hidden states and exit heads.
 
-Built from the blocks of :mod:`companion.models.gpt`: the encoder is a stack of bidirectional ``Block``s, each
-decoder layer is causal self-attention (``CausalSelfAttention``, with the ``KVCache`` for step-by-step
-decoding), cross-attention to the encoder's memory, and the ``MLP``. One final LayerNorm and one linear head
-(tied to the decoder's token embedding) serve every exit: the logits after decoder layer ``j`` are
-``head(ln_f(h_j))``; the memory after encoder layer ``k`` is ``ln_enc(h_k)``. So "exit after layer k" needs
-no extra parameters, as in MuE, where all exits share the output layer.
+Built from the shared layers of :mod:`companion.models.layers`, initialised like the GPT: the encoder is a stack
+of bidirectional ``Block``s, each decoder layer is causal self-attention (``Attention``, with the ``KVCache`` for
+step-by-step decoding), cross-attention to the encoder's memory (``Attention(cross=True)``), and the ``MLP``.
+One final LayerNorm and one linear head (tied to the decoder's token embedding) serve every exit: the logits
+after decoder layer ``j`` are ``head(ln_f(h_j))``; the memory after encoder layer ``k`` is ``ln_enc(h_k)``. So
+"exit after layer k" needs no extra parameters, as in MuE, where all exits share the output layer.
 
 Shapes: source ``src`` (N, S) and decoder input ``tgt`` (N, T) token ids; hidden states (N, S|T, D).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .gpt import GPT, MLP, Block, CausalSelfAttention, GPTConfig, KVCache
+from .gpt import init_gpt2_
+from .layers import MLP, Attention, Block, KVCache
 
 
 @dataclass
@@ -34,53 +33,28 @@ class Seq2SeqConfig:
     mlp_ratio: float = 4.0
     dropout: float = 0.0
 
-    def block_config(self, causal: bool) -> GPTConfig:
-        return GPTConfig(vocab_size=self.vocab_size, n_head=self.n_head, n_embd=self.n_embd,
-                         mlp_ratio=self.mlp_ratio, dropout=self.dropout, causal=causal)
-
-
-class CrossAttention(nn.Module):
-    """Multi-head attention from decoder positions (queries) to the encoder memory (keys and values)."""
-
-    def __init__(self, config: Seq2SeqConfig):
-        super().__init__()
-        assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
-        self.n_head = config.n_head
-        self.q = nn.Linear(config.n_embd, config.n_embd)
-        self.kv = nn.Linear(config.n_embd, 2 * config.n_embd)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
-        self.resid_dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x, memory):
-        """x (N,T,D), memory (N,S,D) → (N,T,D)."""
-        n, t, d = x.shape
-        h = self.n_head
-        q = self.q(x).view(n, t, h, d // h).transpose(1, 2)  # (N,H,T,hd)
-        k, v = (z.view(n, memory.shape[1], h, d // h).transpose(1, 2) for z in self.kv(memory).split(d, dim=2))
-        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, t, d)
-        return self.resid_dropout(self.c_proj(y))
-
 
 class DecoderBlock(nn.Module):
-    """Pre-LN decoder layer: x + self_attn(ln(x)) (causal), x + cross_attn(ln(x), memory), x + mlp(ln(x))."""
+    """Pre-LN decoder layer: x + attn(norm1(x)) (causal), x + cross(norm_cross(x), memory), x + mlp(norm2(x))."""
 
     def __init__(self, config: Seq2SeqConfig, layer_idx: int):
         super().__init__()
-        gpt_config = config.block_config(causal=True)
-        self.ln_1 = nn.LayerNorm(config.n_embd)
-        self.attn = CausalSelfAttention(gpt_config, layer_idx)
-        self.ln_cross = nn.LayerNorm(config.n_embd)
-        self.cross = CrossAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd)
-        self.mlp = MLP(gpt_config)
+        d, h = config.n_embd, config.n_head
+        self.norm1 = nn.LayerNorm(d)
+        self.attn = Attention(d, h, dropout=config.dropout, layer_idx=layer_idx)
+        self.norm_cross = nn.LayerNorm(d)
+        self.cross = Attention(d, h, cross=True, dropout=config.dropout, layer_idx=layer_idx)
+        self.norm2 = nn.LayerNorm(d)
+        self.mlp = MLP(d, config.mlp_ratio, config.dropout)
 
     def forward(self, x, memory, cache: KVCache | None = None):
-        """Teacher forcing (cache None): causal over x's positions. With a cache: x holds the next position(s)
-        after the cached ones and attends every cached position (use one position at a time)."""
-        y, _ = self.attn(self.ln_1(x), is_causal=cache is None and x.shape[1] > 1, cache=cache)
+        """x (N,T,D), memory (N,S,D) → (N,T,D). Teacher forcing (cache None): causal over x's positions. With a
+        cache: x holds the next position(s) after the cached ones and attends every cached position (use one
+        position at a time)."""
+        y, _ = self.attn(self.norm1(x), is_causal=cache is None and x.shape[1] > 1, cache=cache)
         x = x + y
-        x = x + self.cross(self.ln_cross(x), memory)
-        return x + self.mlp(self.ln_2(x))
+        x = x + self.cross(self.norm_cross(x), memory)[0]
+        return x + self.mlp(self.norm2(x))
 
 
 class Seq2Seq(nn.Module):
@@ -94,16 +68,13 @@ class Seq2Seq(nn.Module):
         # one position table for source and target: answer position i finds source position i without
         # first learning a mapping between two tables (copying then needs no phase transition)
         self.pos = nn.Embedding(max(config.src_len, config.tgt_len), config.n_embd)
-        self.encoder = nn.ModuleList(Block(config.block_config(causal=False), i) for i in range(config.n_enc))
+        self.encoder = nn.ModuleList(Block(config.n_embd, config.n_head, config.mlp_ratio, config.dropout, layer_idx=i)
+                                     for i in range(config.n_enc))
         self.decoder = nn.ModuleList(DecoderBlock(config, i) for i in range(config.n_dec))
         self.ln_enc = nn.LayerNorm(config.n_embd)
         self.ln_f = nn.LayerNorm(config.n_embd)
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.apply(GPT._init_weights)  # the same GPT-2 initialisation as the decoder-only model
-        depth = config.n_enc + config.n_dec
-        for name, p in self.named_parameters():  # GPT-2 scaled init of the residual projections
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * depth))
+        init_gpt2_(self, config.n_enc + config.n_dec)  # the same initialisation as the decoder-only model
         self.head.weight = self.tgt_tok.weight
 
     def num_params(self) -> int:

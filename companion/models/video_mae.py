@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .layers import PatchEmbed
 from .mae import MAE, MAEConfig
 
 
@@ -45,7 +46,7 @@ class VideoMAE(MAE):
         p, u = cfg.patch_size, cfg.tubelet
         self.time_grid = cfg.frames // u
         self.num_patches = self.time_grid * self.grid**2
-        self.patch_embed = nn.Conv3d(cfg.in_channels, cfg.dim, (u, p, p), stride=(u, p, p))
+        self.patch_embed = PatchEmbed(p, cfg.in_channels, cfg.dim, tubelet=u)
         self.register_buffer("pos_embed", sincos_1d(cfg.dim, self.num_patches)[None], persistent=False)
         self.register_buffer("decoder_pos_embed", sincos_1d(cfg.decoder_dim, self.num_patches)[None],
                              persistent=False)
