@@ -1,12 +1,14 @@
 # Two commands for a fresh clone (Python 3.11, no GPU needed):
-#   make report   set up, run every notebook on the ci profile, build runs/index.html
-#   make test     set up, run the test suite (unit tests + every notebook under papermill)
+#   make report   set up, build the zoo, run every notebook on the ci profile, build runs/index.html
+#   make test     set up, build the zoo (its time printed apart), run the tests (unit + every notebook)
+# and one to train the shared models ahead of the notebooks (they load them from runs/cache/zoo):
+#   make zoo      set up, then `companion zoo build` (one line per model with its time)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 JOBS ?= 2
 
-.PHONY: setup data report test lint clean
+.PHONY: setup data zoo report test lint clean
 
 setup: $(VENV)/.installed data
 
@@ -18,18 +20,24 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Fashion-MNIST (30 MB) for the real-data sections: Debian's package when apt is usable, else the
-# checksummed download. Optional: notebooks say so and skip those sections when it is missing.
+# checksummed download. Optional: notebooks say so and skip those sections when it is missing. Files already
+# there are checked against their published MD5s (once; later checks read a stamp): damaged ones are prepared again.
+REQUIRE_FASHION = $(PY) -c "import companion.data as d; d.require('fashion_mnist')"
 data:
-	@$(PY) -c "import companion.data as d, sys; sys.exit(0 if d.available('fashion_mnist') else 1)" || \
-	( { [ "$$(id -u)" = 0 ] && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; } || \
+	@$(REQUIRE_FASHION) 2>/dev/null || \
+	( { [ "$$(id -u)" = 0 ] && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 && \
+	    $(REQUIRE_FASHION) 2>/dev/null; } || \
 	  $(PY) data_scripts/fashion_mnist.py || \
 	  echo "note: Fashion-MNIST not installed; its notebook sections will be skipped" )
 
-report: setup
+zoo: setup
+	$(VENV)/bin/companion zoo build
+
+report: zoo
 	$(VENV)/bin/companion run-all --profile ci --jobs $(JOBS)
 	$(VENV)/bin/companion report
 
-test: setup
+test: zoo
 	$(PY) -m pytest -n $(JOBS) --durations=10
 
 lint: setup

@@ -3,14 +3,13 @@ validation before anything is written. The flagship notebooks are not needed."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from companion import catalog, claims, report, runner
+from companion import catalog, claims, runner
 from companion.params import ParamError
 
 PARAMS_CELL = """profile = "ci"
@@ -48,14 +47,50 @@ raise ValueError("boom from the broken notebook")
 
 PAPERS = [("good", "implemented", GOOD_BODY), ("broken", "implemented", BROKEN_BODY), ("idea", "planned", None)]
 
+# Bodies for the sweep, resume and signal tests (tests/test_sweep.py, test_resume.py, test_signals.py).
+QUICK_BODY = """import os
+from companion import claims, params
+cfg = params.resolve("{slug}", globals())
+even = cfg.seed % 2 == 0
+t = claims.ClaimTable("{slug}", cfg.profile, cfg.seed)
+t.add("always", "score", "base", 1.0, "masked", 2.0, "higher", kind="premise", interval=(0.9, 1.1))
+t.add("even seeds", "score", "base", 1.0, "masked", 2.0 if even else 0.0, "higher",
+      interval=(0.5, 1.0) if even else (-1.0, -0.5), note=f"gpu={{os.environ.get('CUDA_VISIBLE_DEVICES', '-')}}")
+t.write(cfg.out_dir)
+"""
 
-def make_project(root: Path) -> Path:
-    """A project with three papers: ``good`` (writes 4 claims, one per verdict, and a PNG), ``broken``
-    (raises in its second cell) and ``idea`` (planned, no notebook)."""
+FLAKY_BODY = """from companion import claims, params
+cfg = params.resolve("{slug}", globals())
+if cfg.seed % 2:
+    raise RuntimeError(f"flaky at seed {{cfg.seed}}")
+t = claims.ClaimTable("{slug}", cfg.profile, cfg.seed)
+t.add("holds", "score", "base", 1.0, "masked", 2.0, "higher", interval=(0.9, 1.1))
+t.write(cfg.out_dir)
+"""
+
+# Starts a grandchild (as a DataLoader would), says so in <out>/started, then sleeps: something to interrupt.
+SLOW_BODY = """import pathlib, subprocess, sys, time
+from companion import params
+cfg = params.resolve("{slug}", globals())
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+pathlib.Path(cfg.out_dir, "started").write_text(str(child.pid))
+time.sleep(600)
+"""
+
+
+def paper(slug: str, body: str, status: str = "implemented") -> tuple[str, str, str]:
+    """A fixture paper whose notebook runs ``body`` (``{slug}`` filled in)."""
+    return slug, status, body.format(slug=slug)
+
+
+def make_project(root: Path, papers=PAPERS) -> Path:
+    """A project with ``papers`` (slug, status, body of the notebook's last cell or None for no notebook); by
+    default three: ``good`` (writes 4 claims, one per verdict, and a PNG), ``broken`` (raises in its second
+    cell) and ``idea`` (planned, no notebook). Every notebook has the parameters of ``PARAMS_CELL``."""
     nbdir = root / "notebooks"
     (nbdir / "params").mkdir(parents=True)
     toml = ""
-    for i, (slug, status, body) in enumerate(PAPERS, 1):
+    for i, (slug, status, body) in enumerate(papers, 1):
         toml += (f'[[papers]]\nnumber = {i}\nslug = "{slug}"\ntitle = "The {slug} paper on masking"\nyear = 2024\n'
                  f'venue = "X"\npaper_url = "https://example.org/{slug}"\ncode_url = "https://example.org/{slug}/code"\n'
                  f'topic = "test"\nstatus = "{status}"\n\n')
@@ -167,30 +202,3 @@ def test_executed_notebook_has_parameters_and_inline_figure(results):
     # MPLBACKEND=Agg in the parent would leave no image/png output
     assert any("image/png" in o.get("data", {}) for o in outputs)
     assert nb.metadata.papermill.parameters["profile"] == "ci"
-
-
-def test_build_report(project, results):
-    index = report.build_report()
-    runs = project.resolve() / "runs"
-    assert index == runs / "index.html"
-    page = index.read_text()
-    for v in claims.VERDICTS:
-        assert f">{v}</td>" in page
-    assert ">not run</td>" in page and ">failed</td>" in page  # idea was never run; broken failed
-    assert "href='good/good.html'" in page and "href='broken/broken.html'" in page
-    assert "href='good/curve.png'" in page
-    for slug in ("good", "broken", "idea"):
-        assert f"The {slug} paper on masking" in page
-
-    rendered = (runs / "good" / "good.html").read_text()
-    assert "mask_fraction" in rendered and "data:image/png" in rendered  # the notebook and its figure
-    assert "# Parameters" not in rendered  # papermill's injected-parameters cell is removed
-    src = json.loads(results["good"].notebook.read_text())
-    assert any(c["source"] and "".join(c["source"]).startswith("# Parameters") for c in src["cells"])
-    assert "boom from the broken notebook" in (runs / "broken" / "broken.html").read_text()
-
-
-def test_build_report_missing_dir(project, tmp_path):
-    with pytest.raises(FileNotFoundError):
-        report.build_report(tmp_path / "nothing")
-    assert not (tmp_path / "nothing").exists()

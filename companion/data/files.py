@@ -1,14 +1,23 @@
-"""Real datasets on disk: where they live, whether they are prepared, and the command that prepares them.
+"""Real datasets on disk: where they live, whether they are prepared and intact, and the command that prepares them.
 
 Datasets are prepared by ``data_scripts/`` (never downloaded at run time) and looked up under
 ``$COMPANION_DATA`` (default ``~/.cache/companion``) and the system folders of Debian's dataset packages.
 A missing or damaged dataset is a :class:`DataError` whose one-line message names the file and the command
-that prepares it; ``companion.params`` turns it into the one-line parameter error a user sees.
+that prepares it again; ``companion.params`` turns it into the one-line parameter error a user sees.
+
+Files are checked against the MD5 checksums published with the dataset the first time they are used (a
+truncated download or a damaged disk fails here, not halfway through a notebook). A verified file gets a
+stamp under ``$COMPANION_DATA/.verified/`` keyed by its path, size and modification time, so later loads
+only ``stat`` it. This module needs nothing but the standard library: ``data_scripts/`` loads it by path.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
 import os
+import zlib
 from pathlib import Path
 
 
@@ -21,9 +30,21 @@ def data_root() -> Path:
 
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)  # Debian's dataset-fashion-mnist
+FASHION_MNIST_SCRIPT = "python data_scripts/fashion_mnist.py"
 PREPARE = {
-    "fashion_mnist": "python data_scripts/fashion_mnist.py  (or: apt-get install dataset-fashion-mnist)",
+    "fashion_mnist": f"{FASHION_MNIST_SCRIPT}  (or: apt-get install dataset-fashion-mnist)",
 }
+# The MD5s published with Fashion-MNIST: of each .gz file as Zalando serves it, and of its decompressed idx
+# content. Debian's package recompresses the files (other .gz bytes, the same content), so a .gz file is
+# accepted when either its own MD5 or that of its content matches; an uncompressed idx file by its content.
+FASHION_MNIST_MD5 = {
+    "train-images-idx3-ubyte": ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "f4a8712d7a061bf5bd6d2ca38dc4d50a"),
+    "train-labels-idx1-ubyte": ("25c81989df183df01b3e8a0aad5dffbe", "9018921c3c673c538a1fc5bad174d6f9"),
+    "t10k-images-idx3-ubyte": ("bef4ecab320f06d8554ea6380940ec79", "8181f5470baa50b63fa0f6fddb340f0a"),
+    "t10k-labels-idx1-ubyte": ("bb300cfdad3c16e7a12a480ee83cd310", "15d484375f8d13e6eb1aabb0c3f46965"),
+}
+
+_verified: set[tuple] = set()  # (path, size, mtime_ns, digests) verified by this process
 
 
 def _fashion_dir(data_dir: str = "") -> Path | None:
@@ -34,8 +55,97 @@ def _fashion_dir(data_dir: str = "") -> Path | None:
     return None
 
 
+def fashion_mnist_file(directory: Path, stem: str) -> Path:
+    """The idx file ``stem`` in ``directory``: uncompressed if present, else the ``.gz``."""
+    p = Path(directory) / stem
+    return p if p.is_file() else p.with_name(stem + ".gz")
+
+
+def prepare_command(name: str, path: Path | None = None) -> str:
+    """The command that prepares dataset ``name`` (again), for a file at ``path``."""
+    if name != "fashion_mnist" or path is None:
+        return PREPARE[name]
+    folder = Path(path).parent
+    if str(folder) in FASHION_MNIST_DIRS:
+        return f"{FASHION_MNIST_SCRIPT}  (or: apt-get install --reinstall dataset-fashion-mnist)"
+    if folder.resolve() == (data_root() / "fashion_mnist").resolve():
+        return FASHION_MNIST_SCRIPT
+    return f"{FASHION_MNIST_SCRIPT} --dest {folder}"
+
+
+def md5_of(path: Path) -> tuple[str, str | None]:
+    """MD5 of the file's bytes and, for a ``.gz`` file, of its decompressed content (raises on a damaged .gz)."""
+    raw = Path(path).read_bytes()
+    content = None
+    if Path(path).suffix == ".gz":
+        content = hashlib.md5(gzip.decompress(raw)).hexdigest()
+    return hashlib.md5(raw).hexdigest(), content
+
+
+def _stamp_path(path: Path) -> Path:
+    key = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:24]
+    return data_root() / ".verified" / f"{key}.json"
+
+
+def _stamp(path: Path, st: os.stat_result) -> dict:
+    return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def verify_file(path: Path, digests, prepare: str) -> None:
+    """Raise a one-line :class:`DataError` unless ``path`` (or its decompressed content) has an MD5 in ``digests``.
+
+    A verified file is remembered (in this process and as a stamp file keyed by path, size and mtime), so that
+    the next check only ``stat``\\ s it. ``prepare`` is the command named in the error.
+    """
+    path = Path(path)
+    digests = frozenset(digests)
+    try:
+        st = path.stat()
+    except OSError:
+        raise DataError(f"dataset file {path} is missing; prepare it again: {prepare}") from None
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, digests)
+    if key in _verified:
+        return
+    stamp = _stamp_path(path)
+    try:
+        seen = json.loads(stamp.read_text())
+        if seen.get("md5") in digests and {k: seen.get(k) for k in ("path", "size", "mtime_ns")} == _stamp(path, st):
+            _verified.add(key)
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        file_md5, content_md5 = md5_of(path)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataError(f"dataset file {path} is damaged or truncated ({reason}); prepare it again: {prepare}") \
+            from None
+    except OSError as exc:
+        raise DataError(f"dataset file {path} cannot be read ({exc.strerror or exc}); prepare it again: {prepare}") \
+            from None
+    match = next((d for d in (file_md5, content_md5) if d in digests), None)
+    if match is None:
+        raise DataError(f"dataset file {path} does not match its published MD5 checksum (damaged or another "
+                        f"file); prepare it again: {prepare}")
+    _verified.add(key)
+    try:  # best effort: a read-only cache only costs a re-check next time
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stamp.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**_stamp(path, st), "md5": match}))
+        os.replace(tmp, stamp)
+    except OSError:
+        pass
+
+
+def verify_fashion_mnist(directory: Path, stems=None) -> None:
+    """Check the Fashion-MNIST idx files ``stems`` (default all four) in ``directory`` against their checksums."""
+    for stem in stems or FASHION_MNIST_MD5:
+        path = fashion_mnist_file(directory, stem)
+        verify_file(path, FASHION_MNIST_MD5[stem], prepare_command("fashion_mnist", path))
+
+
 def available(name: str, data_dir: str = "") -> bool:
-    """Whether dataset ``name`` can be loaded without downloading anything."""
+    """Whether dataset ``name`` is on disk (not whether it is intact: :func:`require` checks that)."""
     if name == "shapes":
         return True
     if name == "fashion_mnist":
@@ -44,8 +154,8 @@ def available(name: str, data_dir: str = "") -> bool:
 
 
 def require(name: str, data_dir: str = "") -> None:
-    """Raise a one-line :class:`DataError` naming the command that prepares ``name``."""
+    """Raise a one-line :class:`DataError` naming the command that prepares ``name`` when it is missing or damaged."""
     if not available(name, data_dir):
         raise DataError(f"dataset {name!r} is not prepared; run: {PREPARE[name]}")
-
-
+    if name == "fashion_mnist":
+        verify_fashion_mnist(_fashion_dir(data_dir))

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .files import _fashion_dir, require
+from .files import _fashion_dir, fashion_mnist_file, require, verify_fashion_mnist
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "cross")
 FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
@@ -112,22 +112,20 @@ def _read_idx(path: Path) -> np.ndarray:
 
 def load_fashion_mnist(split: str = "train", n: int | None = None, data_dir: str = "", seed: int = 0,
                        threshold: float = 0.05) -> ImageSet:
-    """Fashion-MNIST from idx files (Debian's ``dataset-fashion-mnist`` or ``data_dir``).
+    """Fashion-MNIST from idx files (Debian's ``dataset-fashion-mnist``, ``$COMPANION_DATA`` or ``data_dir``).
 
     Returns ``n`` images (a seeded random subset; all if None) as (N,1,28,28) floats; the object mask
     is the garment's silhouette (pixels brighter than ``threshold``) — backgrounds are uniformly black.
+    The files are checked against their published checksums on first use; a missing, truncated or damaged
+    file raises :class:`~companion.data.DataError` (one line naming the file and the command that prepares it).
     """
     d = _fashion_dir(data_dir)
     if d is None:
         require("fashion_mnist", data_dir)
     prefix = "train" if split == "train" else "t10k"
-
-    def path(kind: str) -> Path:
-        p = d / f"{prefix}-{kind}"
-        return p if p.is_file() else d / f"{prefix}-{kind}.gz"
-
-    images = _read_idx(path("images-idx3-ubyte"))
-    labels = _read_idx(path("labels-idx1-ubyte"))
+    stems = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
+    verify_fashion_mnist(d, stems)
+    images, labels = (_read_idx(fashion_mnist_file(d, stem)) for stem in stems)
     idx = np.arange(len(labels)) if n is None else np.random.default_rng(seed).permutation(len(labels))[:n]
     x = torch.from_numpy(images[idx].astype(np.float32) / 255.0)[:, None]
     return ImageSet(x, torch.from_numpy(labels[idx].astype(np.int64)), x > threshold, FASHION_CLASSES)
