@@ -31,6 +31,17 @@ def test_mask_keeps_exactly_w_keys_per_query_within_causal_range():
         assert attended_key_fraction(keep) == window_fraction(16, 5)
 
 
+def test_dma_attends_fewer_keys_than_dense_and_its_share_shrinks_with_length():
+    """The attention cost the notebook reports: w keys per query, so a falling share of dense causal attention."""
+    m = _model(window=4, seq=32)
+    m(torch.randint(0, 20, (2, 32), generator=torch.Generator().manual_seed(7)))
+    for keep in m.attn_qkv_fn.last_keep.values():
+        assert attended_key_fraction(keep) == window_fraction(32, 4) < 1.0
+    fractions = [window_fraction(t, 8) for t in (8, 16, 32, 64, 128)]
+    assert fractions[0] == 1.0 and all(a > b for a, b in zip(fractions, fractions[1:]))
+    assert fractions[-1] < 2 * 8 / 128  # about 2w / T for T >> w
+
+
 def test_sparse_attention_with_window_covering_the_sequence_equals_dense_with_the_bias():
     m = _model(window=16)
     x = torch.randint(0, 20, (2, 16), generator=torch.Generator().manual_seed(2))

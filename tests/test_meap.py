@@ -104,3 +104,18 @@ def test_retrieval_task_positions_and_evaluation_shapes():
     assert r["correct"].shape == r["gold_share"].shape == r["entropy"].shape == (20,)
     assert r["attention"].shape == (20, batch.tokens.shape[1]) and r["per_layer"].shape == (2,)
     assert 0 <= r["layer"] < 2 and ((r["gold_share"] >= 0) & (r["gold_share"] <= 1 + 1e-6)).all()
+
+
+def test_evidence_hidden_flags_prompts_whose_gold_key_or_value_is_masked():
+    for task in meap.TASKS:
+        batch, _ = meap.retrieval_task(task, 3, 4, position=torch.tensor([0, 1, 3]), value_len=2, filler_len=1,
+                                       generator=torch.Generator().manual_seed(0))
+        start = batch.gold_mask.int().argmax(1)
+        masked = torch.zeros_like(batch.tokens, dtype=torch.bool)
+        masked[0, start[0]] = True  # the gold key
+        masked[1, start[1] + 2] = True  # the gold value's last token
+        assert meap.evidence_hidden(batch, masked, value_len=2).tolist() == [True, True, False]
+        if task == "documents":  # masking the gold document's filler hides nothing
+            masked = torch.zeros_like(masked)
+            masked[2, start[2] + 3] = True
+            assert not meap.evidence_hidden(batch, masked, value_len=2).any()

@@ -95,7 +95,7 @@ def test_recovery_and_ngram_metrics():
     assert scores["recovery"].item() == 1.0
 
 
-def test_spearman_matches_known_values_and_ci_brackets_it():
+def test_spearman_matches_known_values_and_its_interval_brackets_it():
     x = [1, 2, 3, 4, 5]
     assert metrics.spearman(x, [2, 4, 6, 8, 10]) == pytest.approx(1.0)
     assert metrics.spearman(x, [5, 4, 3, 2, 1]) == pytest.approx(-1.0)
@@ -103,8 +103,11 @@ def test_spearman_matches_known_values_and_ci_brackets_it():
     rng = torch.Generator().manual_seed(0)
     a = torch.randn(200, generator=rng)
     b = -a + 0.5 * torch.randn(200, generator=rng)
-    rho, lo, hi = prompt_leakage.spearman_ci(a, b, n_boot=200)
-    assert lo <= rho <= hi < 0
+    rho, lo, hi = prompt_leakage.spearman_interval(a, b)
+    assert rho == pytest.approx(metrics.spearman(a, b)) and lo <= rho <= hi < 0
+    assert prompt_leakage.spearman_interval(a, b) == (rho, lo, hi)  # deterministic
+    _, lo, hi = prompt_leakage.spearman_interval(a, torch.randn(200, generator=rng))
+    assert lo < 0 < hi  # independent samples: the interval covers zero
 
 
 def test_model_calls_shapes_and_perplexity_of_a_uniform_model():

@@ -34,6 +34,8 @@ FAMILIAR_WORDS = (
     "always gentle patient honest happy bright clear simple friendly polite quiet brave every answer user "
     "people world today never speak smile learn listen"
 ).split()
+
+
 @dataclass(frozen=True)
 class ChatFormat:
     """Fixed-width layout: marker + block (prompt_width) + U + query (query_width) + A + answer + END."""

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from ...data import sequences as seqdata
+from ...data.sequences import IGNORE
 
-IGNORE = -100
 
 
 def num_masked(length: int, ratio: float) -> int:
@@ -105,6 +105,18 @@ def attention_focus(att: torch.Tensor, query_pos: int, gold_mask: torch.Tensor,
     ctx = ctx / ctx.sum(-1, keepdim=True).clamp_min(1e-12)
     entropy = -(ctx * ctx.clamp_min(1e-12).log()).sum(-1)  # (N, H)
     return {"gold_share": share.mean(1).cpu(), "entropy": entropy.mean(1).cpu()}
+
+
+def evidence_hidden(batch: seqdata.Retrieval, masked: torch.Tensor, value_len: int) -> torch.Tensor:
+    """(N,) bool: the mask hides the gold key or one of its value tokens, the only copy of the evidence in the
+    prompt, so the (unchanged) training answer cannot be inferred from MEAP's input.
+
+    ``batch`` from :func:`retrieval_task` (the gold span starts with its key, then ``value_len`` value tokens);
+    ``masked`` (N, T) bool, True = replaced (from :func:`mask_inputs`).
+    """
+    first = batch.gold_mask.int().argmax(1)  # (N,) the gold key's position
+    evidence = first[:, None] + torch.arange(1 + value_len)  # (N, 1 + value_len)
+    return masked.to(torch.bool).cpu().gather(1, evidence).any(1)
 
 
 TASKS = ("documents", "needle")

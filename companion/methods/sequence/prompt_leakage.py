@@ -35,13 +35,14 @@ strings are removed from responses before scoring, as the repo does.
 from __future__ import annotations
 
 import difflib
-import math
 import random
+import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ... import claims
 from ...metrics import spearman
 from ...data.chat import END, JUNK, PAD, SYSTEM
 from ...data.sequences import IGNORE, CharTokenizer
@@ -147,16 +148,20 @@ def extraction_scores(responses: list[str], prompts: list[str], threshold: float
             "ngram": torch.tensor([float(ngram_hit(r, p, n)) for r, p in zip(cleaned, prompts)])}
 
 
-def spearman_ci(x, y, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
-    """Spearman's rho and its percentile bootstrap interval over items (resampled with replacement)."""
+def spearman_interval(x, y) -> tuple[float, float, float]:
+    """Spearman's rho of paired items (:func:`companion.metrics.spearman`) and its percentile-bootstrap interval
+    over items (``scipy.stats.bootstrap``, pairs resampled together, with the claims' confidence level, number of
+    resamples and fixed random state). Returns (rho, low, high); the interval is nan when a resample is constant
+    in x or y (rho undefined)."""
+    from scipy import stats
+
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    rng = np.random.default_rng(seed)
-    boots = [spearman(x[i], y[i]) for i in rng.integers(0, len(x), size=(n_boot, len(x)))]
-    boots = np.asarray([b for b in boots if math.isfinite(b)])
-    if not len(boots):
-        return spearman(x, y), float("nan"), float("nan")
-    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
-    return spearman(x, y), float(lo), float(hi)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # a nan interval says it already
+        res = stats.bootstrap((x, y), spearman, paired=True, vectorized=False, confidence_level=claims.CONFIDENCE,
+                              n_resamples=claims.N_RESAMPLES, method="percentile",
+                              random_state=np.random.default_rng(0))
+    return spearman(x, y), float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def copy_path_score(attention: torch.Tensor, query_start: int, key_start: int, length: int) -> float:
