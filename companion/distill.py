@@ -1,17 +1,17 @@
 """Feature distillation for masked image modelling: align a student's token features to a frozen teacher's.
 
-Used by MaskAlign (Xue et al., CVPR 2023) and reusable by other teacher-student MIM methods (e.g. Hybrid
-Distillation). The pieces:
+Used by MaskAlign (Xue et al., CVPR 2023) and Hybrid Distillation (Shi et al., ICLR 2024); the method-specific
+pieces (MaskAlign's Dynamic Alignment, Hybrid Distill's relation loss) live in their method modules. Training
+goes through ``train.fit`` (``targets=None``; measurements along training with its ``checkpoints``). The pieces:
 
 * ``block_outputs`` / ``teacher_tokens`` — the per-block hidden states of any model with a ``blocks`` list
   (captured with forward hooks, so the model's own forward runs unchanged), e.g. a frozen ``ViT`` teacher.
-* ``DynamicAlignment`` — MaskAlign's Dynamic Alignment (DA): a learnable matrix mixes the student's block
-  outputs into one input per aligned teacher layer, then a linear head per teacher layer maps it to the
-  teacher's width. With ``dynamic=False`` the mixing is a fixed one-to-one layer assignment (static alignment).
 * ``feature_alignment_loss`` — the distance between student predictions and (normalised) teacher features,
-  at the visible tokens only (MaskAlign: no reconstruction of removed tokens) or at every token.
-* measurements: ``linear_cka``, ``ridge_readout`` / ``readout_cosine`` (how well a linear map of the student's
-  features predicts the teacher's, per held-out image) and ``count_flops`` (deterministic training cost).
+  at a subset of the tokens (MaskAlign: the visible ones; masked feature reconstruction: the removed ones) or
+  at every token.
+* measurements: ``ridge_readout`` / ``readout_cosine`` (how well a linear map of the student's features
+  predicts the teacher's, per held-out image), ``visible_features``, ``tokens_to_grid``, and ``count_flops`` /
+  ``training_step_flops`` (deterministic training cost).
 
 Mask convention (as in ``companion.masks`` and ``companion.models.mae``): a token mask is bool ``(N, L)`` with
 **True = visible** (seen by the student). Token tensors carry the [CLS] token first: ``[N, 1+L, D]`` for the
@@ -131,19 +131,7 @@ def feature_alignment_loss(student_feats: Sequence[torch.Tensor], teacher_feats:
     return total if reduction == "none" else total.mean()
 
 
-# ---- Dynamic Alignment -----------------------------------------------------------------------------------
 # ---- measurements -----------------------------------------------------------------------------------------
-def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Linear centred kernel alignment of two feature sets over the same M items: x [M, Dx], y [M, Dy].
-
-    1 = identical up to rotation and isotropic scaling, 0 = unrelated (Kornblith et al., 2019).
-    """
-    x = (x - x.mean(0)).double()
-    y = (y - y.mean(0)).double()
-    cross = (x.T @ y).norm() ** 2
-    return float(cross / ((x.T @ x).norm() * (y.T @ y).norm()).clamp(min=1e-30))
-
-
 def ridge_readout(train_x: torch.Tensor, train_y: torch.Tensor, lam: float = 1e-2) -> Callable[[torch.Tensor],
                                                                                              torch.Tensor]:
     """Closed-form ridge regression y ≈ [x, 1] W fit on train_x [M, Dx] → train_y [M, Dy] (features
@@ -236,47 +224,6 @@ def training_step_flops(model: nn.Module, loss_fn: Callable, batch: torch.Tensor
     return flops
 
 
-def with_checkpoints(loss_fn: Callable, at_steps: Sequence[int], callback: Callable[[nn.Module, int], None]):
-    """Wrap a ``train.fit`` loss function so that ``callback(model, step)`` runs before the optimizer steps
-    in ``at_steps`` (0 = the initial model), under ``no_grad`` and in eval mode (training mode is restored).
-    Call ``callback(model, steps)`` yourself after ``fit`` for the final model."""
-    at = set(at_steps)
-    state = {"step": 0}
-
-    def wrapped(model, x, y):
-        if state["step"] in at:
-            model.eval()
-            with torch.no_grad():
-                callback(model, state["step"])
-            model.train()
-        state["step"] += 1
-        return loss_fn(model, x, y)
-
-    return wrapped
-
-
-def fit_with_checkpoints(model: nn.Module, images: torch.Tensor, loss_fn: Callable, steps: int,
-                         fractions: Sequence[float], evaluate: Callable[[nn.Module], object], **fit_kwargs):
-    """``train.fit`` (labels unused) with ``evaluate(model)`` at the given fractions of the run: 0 is the
-    initial model, 1 the trained one. Returns (per-step losses, {fraction: evaluate's result}), in order.
-    ``fit_kwargs`` go to ``train.fit`` (batch_size, lr, seed, device, desc, ...)."""
-    from .train import fit
-
-    at: dict[int, float] = {}
-    for f in fractions:
-        if not 0.0 <= f <= 1.0:
-            raise ValueError(f"fractions must lie in [0, 1], got {f}")
-        at.setdefault(round(f * steps), f)
-    results: dict[float, object] = {}
-    wrapped = with_checkpoints(loss_fn, [s for s in at if s < steps], lambda m, s: results.update({at[s]: evaluate(m)}))
-    losses = fit(model, images, torch.zeros(len(images), dtype=torch.long), steps, loss_fn=wrapped, **fit_kwargs)
-    if steps in at:
-        with torch.no_grad():
-            results[at[steps]] = evaluate(model)
-    return losses, dict(sorted(results.items()))
-
-
-__all__ = ["block_outputs", "count_flops", "feature_alignment_loss",
-           "gather_visible", "linear_cka", "normalise_target", "readout_cosine", "ridge_readout",
-           "teacher_tokens", "tokens_to_grid", "training_step_flops", "visible_features", "with_checkpoints",
-           "fit_with_checkpoints"]
+__all__ = ["block_outputs", "count_flops", "feature_alignment_loss", "gather_visible", "normalise_target",
+           "readout_cosine", "ridge_readout", "teacher_tokens", "tokens_to_grid", "training_step_flops",
+           "visible_features"]

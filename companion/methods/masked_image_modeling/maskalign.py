@@ -1,8 +1,13 @@
-"""MaskAlign: align the visible tokens' features of a masked student with a frozen teacher's features
-of the whole image, through Dynamic Alignment (learnable per-layer mixing of student levels).
+"""MaskAlign (Xue et al., "Stare at What You See: Masked Image Modeling without Reconstruction", CVPR 2023):
+align the visible tokens' features of a masked student with a frozen teacher's features of the whole image,
+through Dynamic Alignment (learnable per-layer mixing of student levels) — no decoder, no reconstruction.
+
+The baseline the paper asks about ("is reconstruction necessary in MIM with a teacher model?") is
+``FeatureReconstructor``: the same encoder, plus a decoder that reconstructs the teacher's features of the
+*removed* tokens (decoder-style MIM with a teacher target, as MILAN or MaskDistill).
 
 The shared feature-distillation pieces (teacher features, alignment losses, CKA, FLOP counts) are in
-``companion.distill``.
+``companion.distill``. Token masks are bool ``(N, L)``, True = visible.
 """
 
 from __future__ import annotations
@@ -72,9 +77,37 @@ def maskalign_loss(student: AlignedStudent, teacher: nn.Module, images: torch.Te
                    teacher_layers: Sequence[int], **loss_kwargs) -> torch.Tensor:
     """MaskAlign's objective: the student sees the visible tokens, the frozen teacher the intact image; the
     student's aligned predictions match the teacher's ``teacher_layers`` at the visible tokens.
-    ``loss_kwargs`` go to ``feature_alignment_loss`` (loss, target_norm, weights)."""
+    ``loss_kwargs`` go to ``feature_alignment_loss`` (loss, target_norm, weights, reduction)."""
     targets = teacher_tokens(teacher, images, teacher_layers)
     preds, _ = student(images, visible)
     return feature_alignment_loss(preds, targets, visible, **loss_kwargs)
 
+
+class FeatureReconstructor(nn.Module):
+    """The reconstruction baseline with a teacher: an ``MAE`` whose decoder predicts the teacher's features of
+    every patch instead of its pixels (its pixel head is replaced by a linear head to the teacher's width).
+
+    ``forward(images, visible)`` → (predicted teacher features of every patch [N, L, Dt], the ``Encoded``);
+    ``encoder`` is the MAE itself (its ``forward_encoder`` sees only the visible tokens, as MaskAlign's).
+    """
+
+    def __init__(self, mae: nn.Module, teacher_dim: int):
+        super().__init__()
+        if not len(mae.decoder_blocks):
+            raise ValueError("a feature reconstructor needs an MAE with decoder blocks (decoder_depth >= 1)")
+        mae.decoder_pred = nn.Linear(mae.cfg.decoder_dim, teacher_dim)
+        self.encoder = mae
+
+    def forward(self, images: torch.Tensor, visible: torch.Tensor):
+        enc = self.encoder.forward_encoder(images, visible)
+        return self.encoder.forward_decoder(enc.latent, enc.ids_restore), enc
+
+
+def reconstruction_loss(student: FeatureReconstructor, teacher: nn.Module, images: torch.Tensor,
+                        visible: torch.Tensor, teacher_layer: int, **loss_kwargs) -> torch.Tensor:
+    """Masked feature reconstruction: the student's decoder output matches the teacher's ``teacher_layer``
+    features of the intact image at the *removed* tokens. ``loss_kwargs`` as in ``maskalign_loss``."""
+    target = teacher_tokens(teacher, images, [teacher_layer])[0][:, 1:]  # [N, L, Dt], no [CLS]
+    pred, _ = student(images, visible)
+    return feature_alignment_loss([pred], [target], ~visible, cls=False, **loss_kwargs)
 
