@@ -31,7 +31,7 @@ def mask_generator(kind: str, grid: int, ratio: float) -> MaskFn:
 
 
 def pretrain(model, images: torch.Tensor, mask_fn: MaskFn, steps: int, seed: int = 0, **fit_kwargs) -> list[float]:
-    """Train an MAE on ``images`` for ``steps`` steps, each batch masked by ``mask_fn``; returns the losses.
+    """Train an MAE on ``images`` for ``steps`` steps, each batch masked by ``mask_fn``; returns the ``train.History``.
 
     The batches come from ``train.fit`` seeded with ``seed`` and the masks from a generator seeded with
     ``seed + 1``, so two runs with the same seed see the same images in the same order (paired runs).
@@ -42,8 +42,7 @@ def pretrain(model, images: torch.Tensor, mask_fn: MaskFn, steps: int, seed: int
     def loss_fn(m, x, _):
         return m(x, token_mask=mask_fn(len(x), g).to(x.device))[0]
 
-    return train.fit(model, images, torch.zeros(len(images), dtype=torch.long), steps, seed=seed, loss_fn=loss_fn,
-                     **fit_kwargs)
+    return train.fit(model, images, None, steps, seed=seed, loss_fn=loss_fn, **fit_kwargs)
 
 
 @torch.no_grad()

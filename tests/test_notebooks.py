@@ -41,10 +41,30 @@ def one_thread_per_kernel():
         yield
 
 
+ZOO_MODELS = ("supervised_vit", "mae")  # the model kinds the zoo's named entries train
+
+
+def zoo_files() -> set[str]:
+    from companion import zoo
+
+    return {p.name for kind in ZOO_MODELS for p in zoo.cache_dir().glob(f"{kind}-*.pt")}
+
+
 @pytest.fixture(scope="module", params=PAPERS)
 def run(request, tmp_path_factory, one_thread_per_kernel):
+    from companion import zoo
+
+    zoo.build()  # `make test` built it already: this only loads (or builds it when pytest runs alone)
+    before = zoo_files()
     out = tmp_path_factory.mktemp(request.param)
-    return runner.run_notebook(request.param, "ci", seed=0, out_dir=out, progress_bar=False)
+    result = runner.run_notebook(request.param, "ci", seed=0, out_dir=out, progress_bar=False)
+    result.new_zoo_files = zoo_files() - before
+    return result
+
+
+def test_the_zoo_prebuilt_what_the_notebook_loads(run):
+    """A notebook's shared models come from `companion zoo build` (the zoo's recipes match the notebook's calls)."""
+    assert not run.new_zoo_files, f"{run.slug} trained {sorted(run.new_zoo_files)}: its zoo recipe drifted"
 
 
 def test_notebook_runs_within_budget(run):

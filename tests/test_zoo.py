@@ -82,3 +82,43 @@ def test_standard_teachers_are_cached_and_deterministic(tmp_path, monkeypatch):
     monkeypatch.setenv("COMPANION_CACHE", str(tmp_path / "other"))
     c = zoo.supervised_vit(data.images, data.labels, steps=3, batch_size=8, device="cpu", **kw)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+
+
+_WORKER = """
+import sys, time, torch, torch.nn as nn
+from companion import zoo
+
+def train(model):
+    with open(sys.argv[1], "a") as f:
+        f.write("trained\\n")
+    time.sleep(1.0)  # long enough for the other worker to arrive while this one trains
+    with torch.no_grad():
+        model.weight.add_(1.0)
+
+zoo.register("toy")(lambda: zoo.cached("toy", {"steps": 1}, lambda: nn.Linear(3, 2), train))
+print(zoo.build(["toy"])["toy"] >= 0)
+"""
+
+
+def test_zoo_builds_once_under_two_parallel_processes(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    log = tmp_path / "trained.log"
+    env = {**os.environ, "COMPANION_CACHE": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(log)], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0] and all(o.strip() == "True" for o in outs)
+    assert log.read_text().count("trained") == 1
+    assert len(list((tmp_path / "cache").glob("toy-*.pt"))) == 1
+
+
+def test_unknown_zoo_name_is_one_line():
+    with pytest.raises(KeyError, match="unknown zoo model 'nope'"):
+        zoo.build(["nope"])
+
+
+def test_named_entries_cover_the_shared_teachers():
+    assert {"maskalign.supervised_vit", "hybrid_distill.supervised_vit", "hybrid_distill.mae"} <= set(zoo.names())
