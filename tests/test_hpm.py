@@ -1,3 +1,4 @@
+import copy
 import itertools
 
 import pytest
@@ -5,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from companion.methods.masked_image_modeling import hpm
-from companion import masks, metrics
+from companion import masks, metrics, train
 from companion.models import MAE, MAEConfig
 
 torch.set_num_threads(1)
@@ -139,33 +140,31 @@ def test_with_predictor_from_swaps_only_the_predictor():
         assert torch.equal(v, source.state_dict()[k])
 
 
-def test_objective_follows_the_schedule_and_trains_both_branches():
+def test_objective_follows_fits_schedule_and_trains_both_branches():
     model, x = make(), images(8)
-    objective = hpm.HPMObjective(total_steps=4, ratio=0.75, generator=torch.Generator().manual_seed(0))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    for _ in range(4):
-        loss = objective(model, x)
-        opt.zero_grad()
-        loss.backward()
-        assert model.loss_predictor.head.weight.grad.abs().sum() > 0 and model.patch_embed.weight.grad.abs().sum() > 0
-        opt.step()
-    assert objective.history["hard_fraction"] == pytest.approx([0.125, 0.25, 0.375, 0.5])
-    assert all(v > 0 for v in objective.history["predictor"])
+    before = copy.deepcopy(model)
+    objective = hpm.HPMObjective(ratio=0.75, generator=torch.Generator().manual_seed(0))
+    history = train.fit(model, x, None, 4, batch_size=4, loss_fn=objective, device="cpu", progress=False)
+    assert history.metrics["hard_fraction"] == pytest.approx([0.125, 0.25, 0.375, 0.5])
+    assert all(v > 0 for v in history.metrics["predictor"]) and len(history.metrics["pretext"]) == 4
+    for name in ("loss_predictor.head.weight", "patch_embed.proj.weight"):  # both branches were updated
+        assert not torch.equal(model.state_dict()[name], before.state_dict()[name])
 
 
 def test_guided_mask_removes_the_patches_the_predictor_ranks_hardest():
     model, x = make().eval(), images(6)
-    objective = hpm.HPMObjective(total_steps=1, ratio=0.75, max_fraction=1.0, generator=torch.Generator())
+    objective = hpm.HPMObjective(ratio=0.75, max_fraction=1.0, generator=torch.Generator())
+    objective.step, objective.total = 0, 1
     visible = objective.mask(model, x)
     hardest = hpm.predicted_losses(model, x).argsort(dim=1, descending=True)[:, :12]
     assert not visible.gather(1, hardest).any()
-    random = hpm.HPMObjective(total_steps=1, guided=False, generator=torch.Generator().manual_seed(0))
+    random = hpm.HPMObjective(guided=False, generator=torch.Generator().manual_seed(0))
     assert torch.equal(random.mask(model, x), masks.token_ratio_mask(6, 16, 0.75, torch.Generator().manual_seed(0)))
 
 
 def test_objective_on_a_plain_mae_is_the_mae_loss():
     model, x = make(False), images()
-    objective = hpm.HPMObjective(total_steps=10, guided=False, generator=torch.Generator().manual_seed(0))
-    loss = objective(model, x)
+    out = hpm.HPMObjective(guided=False, generator=torch.Generator().manual_seed(0))(model, x)
     expected = model(x, token_mask=masks.token_ratio_mask(4, 16, 0.75, torch.Generator().manual_seed(0)))[0]
-    assert torch.allclose(loss, expected) and objective.history["predictor"] == [0.0]
+    assert torch.allclose(out["loss"], expected) and torch.equal(out["loss"], out["pretext"])
+    assert out["predictor"] == 0.0 and out["hard_fraction"] == 0.0

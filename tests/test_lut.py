@@ -4,7 +4,7 @@ import torch
 from companion.methods.masked_image_modeling import lut
 from companion import train
 from companion.models import MAE, MAEConfig
-from companion import masks
+from companion import masking, masks, mim
 
 
 def tiny_lut(seed=0):
@@ -69,23 +69,23 @@ def test_momentum_rises_from_base_to_one():
 
 def run(bc_weight, steps=4, seed=0):
     model = tiny_lut()
-    objective = lut.LUTObjective(steps, 0.75, bc_weight, 0.9, pad=1, generator=torch.Generator().manual_seed(seed))
-    losses = train.fit(model, torch.rand(32, 3, 8, 8, generator=torch.Generator().manual_seed(5)),
-                       torch.zeros(32, dtype=torch.long), steps, batch_size=8, seed=seed, device="cpu",
-                       loss_fn=objective, progress=False)
-    return model, objective, losses
+    objective = lut.LUTObjective(0.75, bc_weight, 0.9, pad=1, generator=torch.Generator().manual_seed(seed))
+    history = train.fit(model, torch.rand(32, 3, 8, 8, generator=torch.Generator().manual_seed(5)), None, steps,
+                        batch_size=8, seed=seed, device="cpu", loss_fn=objective, progress=False)
+    return model, objective, history
 
 
 def test_baseline_and_lut_runs_are_paired_and_deterministic():
-    _, mae_only, _ = run(0.0)
-    model, with_bc, losses = run(0.25)
-    _, again, losses_again = run(0.25)
-    assert mae_only.teacher is None and all(v != v for v in mae_only.history["bc"])  # NaN: not computed
+    _, mae_only, plain = run(0.0)
+    model, with_bc, history = run(0.25)
+    _, _, again = run(0.25)
+    assert mae_only.teacher is None and set(plain.metrics) == {"mae"}  # BC not computed
     # the first step sees the same weights, views and masks: the same reconstruction loss
-    assert mae_only.history["mae"][0] == pytest.approx(with_bc.history["mae"][0], abs=1e-5)
-    assert losses == losses_again and with_bc.history == again.history
-    assert all(0 <= v <= 4 for v in with_bc.history["bc"])
-    assert losses[0] == pytest.approx(with_bc.history["mae"][0] + 0.25 * with_bc.history["bc"][0], rel=1e-5)
+    assert plain.metrics["mae"][0] == pytest.approx(history.metrics["mae"][0], abs=1e-5)
+    assert history == again and history.metrics == again.metrics
+    assert all(0 <= v <= 4 for v in history.metrics["bc"])
+    assert history[0] == pytest.approx(history.metrics["mae"][0] + 0.25 * history.metrics["bc"][0], rel=1e-5)
+    assert history.metrics["momentum"] == pytest.approx([lut.momentum_at(s, 4, 0.9) for s in range(4)])
 
 
 def test_teacher_is_a_frozen_moving_average_of_the_student():
@@ -95,3 +95,23 @@ def test_teacher_is_a_frozen_moving_average_of_the_student():
     initial = tiny_lut()
     w_t, w_s, w_0 = (m.mae.blocks[0].attn.qkv.weight for m in (teacher, model, initial))
     assert not torch.equal(w_t, w_s) and not torch.equal(w_t, w_0)
+
+
+def test_masked_losses_match_the_mae_loss_and_a_flat_fill_reference():
+    mae = tiny_lut().mae
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    visible = masks.token_ratio_mask(6, 16, 0.75, torch.Generator().manual_seed(1))
+    model_loss, reference = lut.masked_losses(mae, x, visible)
+    assert model_loss.shape == reference.shape == (6,)
+    assert model_loss.mean() == pytest.approx(mae(x, token_mask=visible)[0].item(), rel=1e-5)
+    assert torch.allclose(reference, mim.mean_fill_loss(x, visible, 2), atol=1e-6)
+    mae.cfg.norm_pix_loss = True  # normalised targets: a flat prediction is 0 and scores the normalised patch's
+    # mean square, (P - 1) / P for P = 12 values (the target is normalised by the unbiased variance)
+    assert torch.allclose(lut.masked_losses(mae, x, visible)[1], torch.full((6,), 11 / 12), atol=1e-3)
+
+
+def test_blur_view_is_the_packages_gaussian_blur():
+    x = torch.rand(64, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = lut.photometric(x, torch.Generator().manual_seed(1), jitter_p=0.0)
+    blurred = (out - masking.gaussian_blur(x, lut.BLUR_SIGMA)).flatten(1).abs().amax(1) < 1e-6
+    assert blurred.any() and not blurred.all()

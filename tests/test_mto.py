@@ -50,7 +50,7 @@ def test_mask_token_correlation_is_one_for_a_data_like_token_and_zero_for_an_ort
     model = make()
     x = torch.full((2, 3, 8, 8), 0.3)  # every patch embeds to the same vector
     visible = torch.ones(2, 16, dtype=torch.bool)
-    patch = model.patch_embed(x).flatten(2)[0, :, 0].detach()
+    patch = model.patch_embed(x)[0, 0].detach()
     with torch.no_grad():
         model.enc_mask_token.copy_(2.0 * patch)
     assert torch.allclose(mto.mask_token_correlation(model, x, visible), torch.ones(2), atol=1e-5)
@@ -64,42 +64,54 @@ def test_mask_token_correlation_is_one_for_a_data_like_token_and_zero_for_an_ort
 def test_mto_objective_without_weights_is_plain_simmim_with_the_same_masks():
     x = images()
     model = make()
-    objective = mto.MTOObjective(0.5, torch.Generator().manual_seed(3))
-    loss = objective(model, x)
+    plain = mto.MTOObjective(0.5, torch.Generator().manual_seed(3))(model, x)
     visible = masks.token_ratio_mask(len(x), 16, 0.5, torch.Generator().manual_seed(3))
-    assert torch.allclose(loss, model(x, token_mask=visible)[0], atol=1e-6)
+    assert torch.allclose(plain["loss"], model(x, token_mask=visible)[0], atol=1e-6)
     weighted = mto.MTOObjective(0.5, torch.Generator().manual_seed(3), layers=2, recalibration_weight=1.0,
-                                singularity_weight=1.0)
-    total = weighted(model, x)
-    h = weighted.history
-    assert h["pretext"][0] == pytest.approx(objective.history["pretext"][0], abs=1e-6)
-    assert total.item() == pytest.approx(h["pretext"][0] + h["attention"][0] + h["correlation"][0], rel=1e-5)
+                                singularity_weight=1.0)(model, x)
+    assert weighted["pretext"].item() == pytest.approx(plain["pretext"].item(), abs=1e-6)
+    assert weighted["loss"].item() == pytest.approx(
+        (weighted["pretext"] + weighted["attention"] + weighted["correlation"]).item(), rel=1e-5)
+
+
+def train_with(x, steps=60, **weights):
+    model = make()
+    objective = mto.MTOObjective(0.5, torch.Generator().manual_seed(1), layers=1, **weights)
+    history = train.fit(model, x, None, steps, batch_size=8, lr=3e-3, loss_fn=objective, device="cpu",
+                        progress=False)
+    return model, history
 
 
 def test_recalibration_teaches_visible_tokens_to_ignore_masked_tokens():
     x = images(32)
-    shares = {}
-    for weight in (0.0, 1.0):
-        model = make()
-        objective = mto.MTOObjective(0.5, torch.Generator().manual_seed(1), layers=1, recalibration_weight=weight)
-        train.fit(model, x, torch.zeros(32, dtype=torch.long), 60, batch_size=8, lr=3e-3, loss_fn=objective,
-                  progress=False)
-        visible = masks.token_ratio_mask(32, 16, 0.5, torch.Generator().manual_seed(2))
-        shares[weight] = mto.measure(model, x, visible)["attention"][:, 0].mean().item()
+    visible = masks.token_ratio_mask(32, 16, 0.5, torch.Generator().manual_seed(2))
+    shares = {w: mto.measure(train_with(x, recalibration_weight=w)[0], x, visible)["attention"][:, 0].mean().item()
+              for w in (0.0, 1.0)}
     assert shares[1.0] < 0.2 < shares[0.0]
 
 
-def test_measure_returns_per_image_values_and_the_callback_runs_at_checkpoints():
+def test_singularity_term_makes_the_mask_token_orthogonal_to_the_data():
+    x = images(32)
+    visible = masks.token_ratio_mask(32, 16, 0.5, torch.Generator().manual_seed(2))
+    plain, history = train_with(x, steps=30)
+    singular, _ = train_with(x, steps=30, singularity_weight=1.0)
+    correlation = {k: mto.measure(m, x, visible)["correlation"].mean().item() for k, m in
+                   [("plain", plain), ("singular", singular)]}
+    assert correlation["singular"] < 0.5 * correlation["plain"]
+    assert set(history.metrics) == {"pretext", "attention", "correlation"} and len(history.metrics["pretext"]) == 30
+
+
+def test_measure_returns_per_image_values_at_fits_checkpoints():
     model = make()
     x = images(5)
     visible = masks.token_ratio_mask(5, 16, 0.5, torch.Generator().manual_seed(0))
     out = mto.measure(model, x, visible, batch_size=2)
     assert out["attention"].shape == (5, 2) and out["correlation"].shape == (5,) and out["pretext"].shape == (5,)
-    seen = []
-    objective = mto.MTOObjective(0.5, torch.Generator().manual_seed(0), callback=lambda s, m: seen.append(s),
-                                 every=3, total_steps=7)
-    train.fit(model, x, torch.zeros(5, dtype=torch.long), 7, batch_size=2, loss_fn=objective, progress=False)
-    assert seen == [0, 3, 6, 7]
+    history = train.fit(model, x, None, 7, batch_size=2, loss_fn=mto.MTOObjective(0.5, torch.Generator().manual_seed(0)),
+                        device="cpu", progress=False,
+                        checkpoints={"at": [0, 3, 7], "fn": lambda m, step: mto.measure(m, x, visible)["pretext"]})
+    assert sorted(history.checkpoints) == [0, 3, 7] and history.checkpoints[7].shape == (5,)
+    assert not torch.equal(history.checkpoints[0], history.checkpoints[7])
 
 
 def test_mto_needs_a_mask_token_in_the_encoder():

@@ -11,8 +11,9 @@ it predicts to be hard. Three pieces, all on ``companion.models.MAE(MAEConfig(lo
 * the **easy → hard schedule** (:func:`easy_to_hard_fraction`): the share of removed patches chosen by the
   predictor grows linearly from 0 to ``max_fraction`` (0.5 in the paper) over training; the rest are random.
 
-:class:`HPMObjective` puts them together as a ``loss_fn`` for ``companion.train.fit``; with ``guided=False``
-(random masks) it trains "MAE + loss prediction", and on a model without a predictor it is plain MAE.
+:class:`HPMObjective` puts them together as a ``loss_fn`` for ``companion.train.fit`` (a ``train.Objective``:
+the schedule reads ``fit``'s step counter); with ``guided=False`` (random masks) it trains "MAE + loss
+prediction", and on a model without a predictor it is plain MAE.
 
 Mask convention as in ``companion.masks``: token masks are bool (N, L), True = visible, False = removed.
 """
@@ -24,7 +25,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from ... import masks
+from ... import masks, train
 from ...models.mae import MAE
 
 
@@ -102,27 +103,28 @@ def with_predictor_from(model: MAE, source: MAE) -> MAE:
     return out
 
 
-class HPMObjective:
-    """``loss_fn`` for ``companion.train.fit``: one HPM training step's loss (it counts the steps itself).
+class HPMObjective(train.Objective):
+    """``loss_fn`` for ``companion.train.fit``: one HPM training step (``fit`` sets ``step`` and ``total``).
 
     Each call: the current model scores the whole batch with its loss predictor (no gradient — HPM uses an
     EMA teacher, see the notebook), ``hard_patch_mask`` removes ``ratio`` of the patches, the
     scheduled share of them chosen by those scores (``guided``; otherwise a uniform random mask); the MAE
-    loss on the removed patches plus ``predictor_weight`` × :func:`relative_loss` is returned. A model
-    without a loss predictor gets the plain MAE loss. ``history`` records, per step, the pretext loss,
-    the predictor loss and the hard fraction.
+    loss on the removed patches plus ``predictor_weight`` × :func:`relative_loss` is the loss. A model
+    without a loss predictor gets the plain MAE loss. Returns ``{"loss", "pretext", "predictor",
+    "hard_fraction"}``: ``fit`` logs the last three per step in ``History.metrics``.
     """
 
-    def __init__(self, total_steps: int, ratio: float = 0.75, guided: bool = True, max_fraction: float = 0.5,
+    def __init__(self, ratio: float = 0.75, guided: bool = True, max_fraction: float = 0.5,
                  predictor_weight: float = 1.0, generator: torch.Generator | None = None):
-        self.total_steps, self.ratio, self.guided = total_steps, ratio, guided
+        self.ratio, self.guided = ratio, guided
         self.max_fraction, self.predictor_weight = max_fraction, predictor_weight
         self.generator = generator
-        self.step = 0
-        self.history: dict[str, list[float]] = {"pretext": [], "predictor": [], "hard_fraction": []}
 
     def hard_fraction(self) -> float:
-        return easy_to_hard_fraction(self.step, self.total_steps, self.max_fraction) if self.guided else 0.0
+        """This step's share of the removed patches chosen by predicted difficulty."""
+        if not self.guided:
+            return 0.0
+        return easy_to_hard_fraction(self.step, max(self.total, 1), self.max_fraction)
 
     def mask(self, model: MAE, imgs: torch.Tensor) -> torch.Tensor:
         """This step's token mask [N, L] (True = visible)."""
@@ -132,7 +134,7 @@ class HPMObjective:
             return masks.token_ratio_mask(len(imgs), model.num_patches, self.ratio, self.generator).to(imgs.device)
         return masks.hard_patch_mask(predicted_losses(model, imgs), self.ratio, fraction, self.generator)
 
-    def __call__(self, model: MAE, imgs: torch.Tensor, labels=None) -> torch.Tensor:
+    def __call__(self, model: MAE, imgs: torch.Tensor, y=None) -> dict[str, torch.Tensor | float]:
         fraction = self.hard_fraction()
         visible = self.mask(model, imgs)
         enc = model.forward_encoder(imgs, token_mask=visible)
@@ -145,9 +147,4 @@ class HPMObjective:
             scores = model.forward_loss_predictor(enc.latent, enc.ids_restore)
             predictor = relative_loss(scores, per_patch.detach(), ~visible)
             loss = pretext + self.predictor_weight * predictor
-        self.history["pretext"].append(pretext.item())
-        self.history["predictor"].append(predictor.item())
-        self.history["hard_fraction"].append(fraction)
-        self.step += 1
-        return loss
-
+        return {"loss": loss, "pretext": pretext.detach(), "predictor": predictor.detach(), "hard_fraction": fraction}

@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ... import mim, train
+from ...masking import gaussian_blur
 from ...masks.tokens import disjoint_masks
 from ...models.mae import MAE
 from ...zoo import ema_update
@@ -74,6 +76,9 @@ class LUT(nn.Module):
         return enc, enc.latent[:, 1:].mean(1)
 
 
+BLUR_SIGMA = 0.7  # px: the small blur of view 2 (the variance of a 3×3 binomial kernel, σ ≈ 0.71)
+
+
 def _uniform(n: int, lo: float, hi: float, generator) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=generator)
 
@@ -103,17 +108,11 @@ def _grey(x: torch.Tensor) -> torch.Tensor:
     return (x * weights).sum(1, keepdim=True).expand_as(x)
 
 
-def _blur(x: torch.Tensor) -> torch.Tensor:
-    kernel = torch.tensor([1.0, 2.0, 1.0], device=x.device, dtype=x.dtype)
-    kernel = (kernel[:, None] * kernel[None]) / 16  # 3×3 binomial ≈ Gaussian, σ ≈ 0.7 px
-    c = x.shape[1]
-    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), kernel.expand(c, 1, 3, 3).contiguous(), groups=c)
-
-
 def photometric(x: torch.Tensor, generator: torch.Generator | None = None, jitter_p: float = 0.8) -> torch.Tensor:
     """View 2's extra augmentations: with probability ``jitter_p`` brightness (±0.4), contrast (±0.4) and
-    saturation (±0.2) jitter; then one of grey-scale, solarisation (invert above 0.5) or a small blur,
-    chosen uniformly ("three-augment"). x [N, C, H, W] in [0, 1] → same shape, clamped to [0, 1]."""
+    saturation (±0.2) jitter; then one of grey-scale, solarisation (invert above 0.5) or a small Gaussian blur
+    (σ = ``BLUR_SIGMA``), chosen uniformly ("three-augment"). x [N, C, H, W] in [0, 1] → same shape, clamped
+    to [0, 1]."""
     n = len(x)
     jitter = (torch.rand(n, generator=generator) < jitter_p)[:, None, None, None].to(x.device)
     b = _uniform(n, 0.6, 1.4, generator)[:, None, None, None].to(x.device)
@@ -124,7 +123,8 @@ def photometric(x: torch.Tensor, generator: torch.Generator | None = None, jitte
     y = (y - y.mean((1, 2, 3), keepdim=True)) * c + y.mean((1, 2, 3), keepdim=True)
     y = (_grey(y) + (y - _grey(y)) * s).clamp(0, 1)
     x = torch.where(jitter, y, x)
-    out = torch.where(choice == 0, _grey(x), torch.where(choice == 1, torch.where(x >= 0.5, 1 - x, x), _blur(x)))
+    solarised = torch.where(x >= 0.5, 1 - x, x)
+    out = torch.where(choice == 0, _grey(x), torch.where(choice == 1, solarised, gaussian_blur(x, BLUR_SIGMA)))
     return out.clamp(0, 1)
 
 
@@ -144,34 +144,33 @@ def momentum_at(step: int, total_steps: int, base: float) -> float:
     return 1 - (1 - base) * (math.cos(math.pi * min(t, 1.0)) + 1) / 2
 
 
-class LUTObjective:
+class LUTObjective(train.Objective):
     """``loss_fn`` for ``companion.train.fit``: MAE on view 1 + ``bc_weight`` × LUT's unmasked-token loss.
 
     The model passed in is a :class:`LUT`. On the first call the objective copies it as the EMA teacher;
     each later call first moves the teacher towards the student (the student of the previous step), the
-    same order as the reference code's update after each optimizer step. With ``bc_weight=0`` neither the
-    second view nor the teacher is run, but every random draw is the same, so the run is the paired plain-MAE
-    baseline. ``history`` holds the per-step ``mae`` and ``bc`` losses and the ``momentum``.
+    same order as the reference code's update after each optimizer step, with the momentum of
+    :func:`momentum_at` at ``fit``'s ``step`` of ``total``. With ``bc_weight=0`` neither the second view nor
+    the teacher is run, but every random draw is the same, so the run is the paired plain-MAE baseline.
+    Returns ``{"loss", "mae"}`` plus, with ``bc_weight > 0``, ``"bc"`` and ``"momentum"``: ``fit`` logs them
+    per step in ``History.metrics``.
     """
 
-    def __init__(self, steps: int, ratio: float = 0.75, bc_weight: float = 0.25, momentum: float = 0.996,
-                 pad: int = 2, generator: torch.Generator | None = None):
+    def __init__(self, ratio: float = 0.75, bc_weight: float = 0.25, momentum: float = 0.996, pad: int = 2,
+                 generator: torch.Generator | None = None):
         if bc_weight < 0:
             raise ValueError(f"bc_weight must be >= 0, got {bc_weight}")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-        self.steps, self.ratio, self.bc_weight, self.momentum, self.pad = steps, ratio, bc_weight, momentum, pad
+        self.ratio, self.bc_weight, self.momentum, self.pad = ratio, bc_weight, momentum, pad
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.teacher: LUT | None = None
-        self.step = 0
-        self.history: dict[str, list[float]] = {"mae": [], "bc": [], "momentum": []}
 
-    def __call__(self, model: LUT, x: torch.Tensor, _y=None) -> torch.Tensor:
+    def __call__(self, model: LUT, x: torch.Tensor, y=None) -> dict[str, torch.Tensor | float]:
         n = len(x)
         view1, view2 = two_views(x, self.pad, self.generator)
         visible1, visible2 = (v.to(x.device) for v in disjoint_masks(n, model.mae.num_patches, self.ratio,
                                                                      self.generator))
-        bc_value, m = float("nan"), float("nan")
         if self.bc_weight > 0:  # both views keep K patches, so one encoder pass serves both: [2N, 1+K, D]
             enc, pooled = model.encode_pooled(torch.cat([view1, view2]), torch.cat([visible1, visible2]))
             latent1, ids_restore1 = enc.latent[:n], enc.ids_restore[:n]
@@ -180,29 +179,44 @@ class LUTObjective:
             latent1, ids_restore1 = enc.latent, enc.ids_restore
         pred = model.mae.forward_decoder(latent1, ids_restore1)
         mae_loss = model.mae.forward_loss(view1, pred, visible1)
-        loss = mae_loss
-        if self.bc_weight > 0:
-            m = momentum_at(self.step, self.steps, self.momentum)
-            if self.teacher is None:
-                self.teacher = copy.deepcopy(model).eval()
-                for p in self.teacher.parameters():
-                    p.requires_grad_(False)
-            else:
-                ema_update(self.teacher, model, m)
-            # each view's query passes the heads on its own (BatchNorm statistics per view, as in the repo)
-            queries = torch.cat([model.predictor(model.projector(p)) for p in pooled.chunk(2)])  # [2N, D]
-            with torch.no_grad():
-                targets = self.teacher.projector(self.teacher.encode_pooled(torch.cat([view1, view2]))[1])
-            # the query of each view regresses the teacher's target of the *other* view
-            bc = bc_loss(queries, targets.roll(n, dims=0)).mean()
-            loss = mae_loss + self.bc_weight * bc
-            bc_value = bc.item()
-        self.history["mae"].append(mae_loss.item())
-        self.history["bc"].append(bc_value)
-        self.history["momentum"].append(m)
-        self.step += 1
-        return loss
+        if self.bc_weight == 0:
+            return {"loss": mae_loss, "mae": mae_loss.detach()}
+        m = momentum_at(self.step, self.total, self.momentum)
+        if self.teacher is None:
+            self.teacher = copy.deepcopy(model).eval()
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
+        else:
+            ema_update(self.teacher, model, m)
+        # each view's query passes the heads on its own (BatchNorm statistics per view, as in the repo)
+        queries = torch.cat([model.predictor(model.projector(p)) for p in pooled.chunk(2)])  # [2N, D]
+        with torch.no_grad():
+            targets = self.teacher.projector(self.teacher.encode_pooled(torch.cat([view1, view2]))[1])
+        # the query of each view regresses the teacher's target of the *other* view
+        bc = bc_loss(queries, targets.roll(n, dims=0)).mean()
+        return {"loss": mae_loss + self.bc_weight * bc, "mae": mae_loss.detach(), "bc": bc.detach(), "momentum": m}
 
 
-__all__ = ["LUT", "LUTObjective", "bc_loss", "crop_flip", "mlp_head", "momentum_at",
+@torch.no_grad()
+def masked_losses(mae: MAE, imgs: torch.Tensor, visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, the MAE's reconstruction loss on the removed patches and a zero-skill reference's.
+
+    The reference predicts every removed patch as flat: the image's mean visible colour for pixel targets
+    (``mim.patch_mean_fill_loss``), 0 for normalised-pixel targets (``norm_pix_loss``, where any flat patch
+    normalises to 0). imgs [N, C, H, W], visible [N, L] bool → ((N,), (N,)) on the CPU; eval mode.
+    """
+    mae.eval()
+    x, v = imgs.to(next(mae.parameters()).device), visible.to(next(mae.parameters()).device)
+    enc = mae.forward_encoder(x, v)
+    pred = mae.forward_decoder(enc.latent, enc.ids_restore)
+    removed = (~v).to(pred.dtype)
+    per_image = lambda per_patch: ((per_patch * removed).sum(1) / removed.sum(1).clamp(min=1)).cpu()
+    if mae.cfg.norm_pix_loss:
+        reference = per_image(mae.forward_loss(x, torch.zeros_like(pred), v, reduction="none"))
+    else:
+        reference = mim.patch_mean_fill_loss(mae, x, v).cpu()
+    return per_image(mae.forward_loss(x, pred, v, reduction="none")), reference
+
+
+__all__ = ["LUT", "LUTObjective", "bc_loss", "crop_flip", "masked_losses", "mlp_head", "momentum_at",
            "photometric", "two_views"]

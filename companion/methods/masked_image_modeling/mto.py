@@ -37,12 +37,10 @@ Mask convention (as in ``companion.masks`` and ``companion.models.mae``): token 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 
-from ... import masks
+from ... import masks, train
 from ...models.mae import MAE
 
 
@@ -78,40 +76,33 @@ def mask_token_correlation(model: MAE, imgs: torch.Tensor, visible: torch.Tensor
     (patch embedding only, no position embedding): imgs (N, C, H, W), visible (N, L) → (N,). Differentiable."""
     if model.enc_mask_token is None:
         raise ValueError("mask_token_correlation needs an MAE in 'simmim' mode (a mask token in the encoder)")
-    patches = model.patch_embed(imgs).flatten(2).transpose(1, 2)  # [N, L, D]
+    patches = model.patch_embed(imgs)  # [N, L, D]
     cos = F.cosine_similarity(patches, model.enc_mask_token.to(patches.dtype), dim=-1)  # [N, L]
     keep = visible.to(cos.dtype)
     return (cos**2 * keep).sum(1) / keep.sum(1).clamp(min=1)
 
 
-class MTOObjective:
+class MTOObjective(train.Objective):
     """``loss_fn(model, x, y)`` for ``train.fit``: SimMIM reconstruction + MTO-style terms (see module doc).
 
     Each call draws ``masks.token_ratio_mask`` at ``ratio`` from ``generator``; the same generator seed gives
     the same masks whatever the weights, so MTO and the plain baseline see identical batches and masks.
-    ``history`` records per step the reconstruction loss ("pretext", the quantity compared between runs),
-    the relative visible→masked attention of the first ``layers`` blocks ("attention") and the mask-token
-    correlation ("correlation"). ``callback(step, model)``, if given, runs every ``every`` steps (after the
-    step's loss is computed, before the update) and at the last step — e.g. a linear probe at checkpoints.
+    Returns ``{"loss", "pretext", "attention", "correlation"}``; ``fit`` logs per step the reconstruction loss
+    ("pretext", the quantity compared between runs), the relative visible→masked attention of the first
+    ``layers`` blocks ("attention") and the mask-token correlation ("correlation") in ``History.metrics``.
+    Checkpoints along training (e.g. a linear probe) are ``fit``'s ``checkpoints=``.
     """
 
     def __init__(self, ratio: float, generator: torch.Generator, layers: int = 1, recalibration_weight: float = 0.0,
-                 singularity_weight: float = 0.0, callback: Callable | None = None, every: int = 0,
-                 total_steps: int = 0):
+                 singularity_weight: float = 0.0):
         if layers < 1:
             raise ValueError(f"layers must be at least 1, got {layers}")
         self.ratio, self.generator, self.layers = ratio, generator, layers
         self.recalibration_weight, self.singularity_weight = recalibration_weight, singularity_weight
-        self.callback, self.every, self.total_steps = callback, every, total_steps
-        self.step = 0
-        self.history: dict[str, list[float]] = {"pretext": [], "attention": [], "correlation": []}
 
-    def __call__(self, model: MAE, x: torch.Tensor, _=None) -> torch.Tensor:
+    def __call__(self, model: MAE, x: torch.Tensor, y=None) -> dict[str, torch.Tensor]:
         if model.enc_mask_token is None:
             raise ValueError("MTOObjective needs an MAE in 'simmim' mode (a mask token in the encoder)")
-        if self.callback is not None and self.every and (self.step % self.every == 0):
-            self.callback(self.step, model)
-            model.train()
         visible = masks.token_ratio_mask(len(x), model.num_patches, self.ratio, self.generator).to(x.device)
         enc = model.forward_encoder(x, visible, return_attention=True)
         pred = model.forward_decoder(enc.latent, enc.ids_restore)
@@ -123,13 +114,8 @@ class MTOObjective:
             loss = loss + self.recalibration_weight * attention
         if self.singularity_weight:
             loss = loss + self.singularity_weight * correlation
-        for key, value in (("pretext", pretext), ("attention", attention), ("correlation", correlation)):
-            self.history[key].append(value.item())
-        self.step += 1
-        if self.callback is not None and self.every and self.step == self.total_steps:
-            self.callback(self.step, model)
-            model.train()
-        return loss
+        return {"loss": loss, "pretext": pretext.detach(), "attention": attention.detach(),
+                "correlation": correlation.detach()}
 
 
 @torch.no_grad()
