@@ -236,6 +236,20 @@ def test_topk_iou_counts_pixels_of_partly_covered_segments():
     assert explain.topk_segment_iou(one_hot(INFORMATIVE), grid_segments(), gt, k=2) == pytest.approx(20 / 32)
 
 
+def test_coverage_is_the_cosine_with_the_ground_truth_segment_importance():
+    gt = segment_region(INFORMATIVE)
+    # ground truth: segment 5 holds all 16 object pixels; every segment also loses 16 * (16 / 144) pixels' worth
+    g = -torch.full((S,), 16 * 16 / 144)
+    g[INFORMATIVE] += 16
+    assert explain.coverage(g, grid_segments(), gt) == pytest.approx(1.0)
+    assert explain.coverage(2.5 * g, grid_segments(), gt) == pytest.approx(1.0)  # scale-free
+    assert explain.coverage(-g, grid_segments(), gt) == pytest.approx(-1.0)
+    assert explain.coverage(one_hot(INFORMATIVE), grid_segments(), gt) == pytest.approx(
+        float(g[INFORMATIVE] / g.norm()))
+    assert explain.coverage(one_hot(INFORMATIVE), grid_segments(), gt) > explain.coverage(
+        one_hot(0), grid_segments(), gt)
+
+
 # ---------------------------------------------------------------------------- faithfulness metrics
 
 
@@ -327,6 +341,21 @@ def test_evaluate_lime_reports_every_metric_per_strategy(model, image):
                                 apply_fn=fill_apply, progress=False, per_image=True)
     assert len(per["grey"]["topk_iou"]) == 2
     assert sum(per["black"]["deletion"]) / 2 == pytest.approx(result["black"]["deletion"])
+
+
+def test_evaluate_lime_computes_only_the_metrics_asked_for(model, image, monkeypatch):
+    def no_faithfulness(*args, **kwargs):
+        raise AssertionError("deletion and infidelity were not asked for")
+
+    monkeypatch.setattr(explain, "deletion_score", no_faithfulness)
+    monkeypatch.setattr(explain, "infidelity_score", no_faithfulness)
+    per = explain.evaluate_lime(model, image, [grid_segments()], [segment_region(INFORMATIVE)], ["black", "grey"],
+                                n_samples=60, apply_fn=fill_apply, progress=False, per_image=True,
+                                metrics=["coverage", "topk_iou"])
+    assert set(per["grey"]) == {"coverage", "topk_iou"} and per["black"]["coverage"][0] > 0.5
+    with pytest.raises(ValueError, match="unknown metrics"):
+        explain.evaluate_lime(model, image, [grid_segments()], [segment_region(INFORMATIVE)], ["black"],
+                              metrics=["auc"], progress=False)
 
 
 def test_evaluate_lime_can_score_every_strategy_with_one_evaluation_strategy(model, image):

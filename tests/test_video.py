@@ -100,10 +100,12 @@ def test_video_text_losses_and_scores():
     assert both > recon  # the contrastive term is positive
     vtc = model.loss(d.clips, d.captions, None, recon_weight=0.0, vtc_weight=1.0, pool="max")
     vtc.backward()
-    assert model.text.weight.grad is not None and model.mae.patch_embed.weight.grad is not None
+    assert model.text.weight.grad is not None and model.mae.patch_embed.proj.weight.grad is not None
     score = model.tube_caption_similarity(d.clips, d.captions)
     assert score.shape == (6, 32) and score.abs().max() <= 1 + 1e-5
-    assert 0.0 <= model.retrieval_accuracy(d.clips, d.captions) <= 1.0
+    correct = model.retrieval_correct(d.clips, d.captions)  # per clip, for a paired premise
+    assert correct.shape == (6,) and correct.dtype == torch.bool
+    assert model.retrieval_accuracy(d.clips, d.captions) == pytest.approx(correct.float().mean().item())
     with pytest.raises(ValueError, match="pool"):
         model.similarity(torch.zeros(2, 3, 8), torch.zeros(2, 8), "sum")
 

@@ -38,7 +38,7 @@ from ..masks.image import segments_to_mask
 #: ``apply(model, x (N,C,H,W), mask (N,1,H,W) bool, strategy) -> logits (N,K)``
 ApplyFn = Callable[[nn.Module, Tensor, Tensor, str], Tensor]
 
-METRICS = ("pointing_game", "topk_iou", "deletion", "infidelity")
+METRICS = ("coverage", "pointing_game", "topk_iou", "deletion", "infidelity")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -253,6 +253,24 @@ def pointing_game(attr: Tensor, segments, gt_mask) -> bool:
     return bool(frac[_ranking(attr)[0]] > 0.5)
 
 
+def coverage(attr: Tensor, segments, gt_mask) -> float:
+    """Cosine similarity between the attribution and the object's ground-truth segment importance.
+
+    The official layer-masking code's LIME score: segment ``s`` has ground-truth importance
+    ``g_s = sum over its pixels of (gt - mean(gt))`` (object pixels count positive, background pixels
+    negative, so a segment's importance grows with its object share and its size); the score is
+    ``cos(attr, g)`` in ``[-1, 1]``, 1 when the attribution is proportional to ``g``.
+
+    Args:
+        attr: float ``(S,)``. segments: int ``(H, W)``. gt_mask: bool ``(H, W)``.
+    """
+    seg = _as_segments(segments).cpu()
+    gt = _as_gt(gt_mask, seg.shape).cpu().double()
+    g = torch.bincount(seg.flatten(), weights=(gt - gt.mean()).flatten(), minlength=len(attr))[: len(attr)]
+    a = torch.as_tensor(attr).flatten().cpu().double()
+    return float((a @ g) / (a.norm() * g.norm() + 1e-12))
+
+
 def topk_segment_iou(attr: Tensor, segments, gt_mask, k: int | None = None) -> float:
     """IoU between the union of the ``k`` top-ranked segments and the object mask.
 
@@ -408,6 +426,7 @@ def evaluate_lime(
     n_perturb_samples: int = 50,
     progress: bool = True,
     per_image: bool = False,
+    metrics: Sequence[str] = METRICS,
 ) -> dict[str, dict[str, float]]:
     """Explain every image with every strategy and average the metrics per strategy.
 
@@ -427,16 +446,21 @@ def evaluate_lime(
         n_perturb_samples: samples for :func:`infidelity_score`.
         progress: show progress over images (a bar, or one final line under papermill).
         per_image: return the per-image values (lists, paired across strategies) instead of means.
+        metrics: which of ``METRICS`` to compute (the faithfulness metrics cost extra forward passes).
 
     Returns:
-        ``{strategy: {"pointing_game": ..., "topk_iou": ..., "deletion": ..., "infidelity": ...}}``,
-        each the mean over images (``pointing_game`` is the hit rate in ``[0, 1]``).
+        ``{strategy: {metric: ...}}`` for each metric of ``metrics`` (``"coverage"``, ``"pointing_game"``,
+        ``"topk_iou"``, ``"deletion"``, ``"infidelity"``), each the mean over images (``pointing_game`` is the
+        hit rate in ``[0, 1]``).
     """
     if not (len(images) == len(segments_list) == len(gt_masks)):
         raise ValueError(
             f"got {len(images)} images, {len(segments_list)} segment maps and {len(gt_masks)} masks"
         )
-    scores: dict[str, dict[str, list[float]]] = {s: {m: [] for m in METRICS} for s in strategies}
+    unknown = set(metrics) - set(METRICS)
+    if unknown:
+        raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {METRICS}")
+    scores: dict[str, dict[str, list[float]]] = {s: {m: [] for m in metrics} for s in strategies}
     for i in runtime.progress(len(images), desc="LIME", enabled=progress, unit="images"):
         x = images[i]
         x = x.unsqueeze(0) if x.dim() == 3 else x
@@ -447,16 +471,20 @@ def evaluate_lime(
                 model, x, segments, strategy, n_samples, seed + i, batch_size, target, apply_fn
             )
             scored_with = eval_strategy or strategy
-            row = scores[strategy]
-            row["pointing_game"].append(float(pointing_game(attr, segments, gt)))
-            row["topk_iou"].append(topk_segment_iou(attr, segments, gt))
-            common = {"apply_fn": apply_fn, "batch_size": batch_size}
-            row["deletion"].append(deletion_score(model, x, attr, segments, scored_with, target, **common))
-            row["infidelity"].append(
-                infidelity_score(
-                    model, x, attr, segments, scored_with, target, n_perturb_samples, seed + i, **common
-                )
-            )
+            for metric in metrics:
+                if metric == "coverage":
+                    value = coverage(attr, segments, gt)
+                elif metric == "pointing_game":
+                    value = float(pointing_game(attr, segments, gt))
+                elif metric == "topk_iou":
+                    value = topk_segment_iou(attr, segments, gt)
+                elif metric == "deletion":
+                    value = deletion_score(model, x, attr, segments, scored_with, target, apply_fn=apply_fn,
+                                           batch_size=batch_size)
+                else:
+                    value = infidelity_score(model, x, attr, segments, scored_with, target, n_perturb_samples,
+                                             seed + i, apply_fn=apply_fn, batch_size=batch_size)
+                scores[strategy][metric].append(value)
     if per_image:
         return scores
     return {s: {m: float(np.mean(v)) for m, v in row.items()} for s, row in scores.items()}

@@ -98,14 +98,18 @@ class VideoText(nn.Module):
         return train.predict(score, clips, captions, batch_size=batch_size, device=device)
 
     @torch.no_grad()
-    def retrieval_accuracy(self, clips: torch.Tensor, captions: torch.Tensor, pool: str = "max") -> float:
-        """Share of clips whose best-matching caption, among the distinct captions of ``captions``, is their own."""
+    def retrieval_correct(self, clips: torch.Tensor, captions: torch.Tensor, pool: str = "max") -> torch.Tensor:
+        """Per clip (N,) bool: is its best-matching caption, among the distinct captions of ``captions``, its own?"""
         self.eval()
         device = next(self.parameters()).device
         distinct, own = torch.unique(captions, dim=0, return_inverse=True)
         _, tokens = self.token_embeddings(clips.to(device))
         sim = self.similarity(tokens, self.caption_embeddings(distinct.to(device)), pool)
-        return (sim.argmax(1).cpu() == own).float().mean().item()
+        return sim.argmax(1).cpu() == own
+
+    def retrieval_accuracy(self, clips: torch.Tensor, captions: torch.Tensor, pool: str = "max") -> float:
+        """Share of clips whose best-matching caption, among the distinct captions of ``captions``, is their own."""
+        return self.retrieval_correct(clips, captions, pool).float().mean().item()
 
 
 def pretrain(model: VideoText, clips: torch.Tensor, captions: torch.Tensor, steps: int, mask_fn=None,
