@@ -1,42 +1,21 @@
-"""The ``companion`` command on a throw-away fixture project (built by tests/test_runner.py's
+"""The ``companion`` command on a throw-away fixture project (built by tests/fixture_project.py's
 ``make_project``): 2 real papermill runs (one succeeds, one fails); bad inputs exit 2 with one line and
 write nothing."""
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import io
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from companion import cli, runner
 from companion.claims import VERDICTS
+from fixture_project import call, make_project
 
 
-def _make_project():
-    spec = importlib.util.spec_from_file_location("_companion_fixture_project", Path(__file__).with_name("test_runner.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.make_project
-
-
-make_project = _make_project()
-
-
-def call(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = cli.main([str(a) for a in argv])
-        except SystemExit as exc:  # argparse errors
-            rc = exc.code
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -4,37 +4,19 @@ whose parameters, seed, notebook or sources changed runs again."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import importlib.util
-import io
 import json
-from pathlib import Path
 
 import nbformat
 import pytest
 
-from companion import cli, runner
+from companion import runner
 
 
-def _fixture_module():
-    spec = importlib.util.spec_from_file_location("_companion_fixture_project", Path(__file__).with_name("test_runner.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+import fixture_project as fx
 
 
-fx = _fixture_module()
-
-
-def call(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = cli.main([str(a) for a in argv])
-        except SystemExit as exc:
-            rc = exc.code
-    return rc, out.getvalue(), err.getvalue()
+call = fx.call
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ traceback) and exits 128 + the signal number."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import signal
@@ -19,14 +18,7 @@ import pytest
 from companion import runner
 
 
-def _fixture_module():
-    spec = importlib.util.spec_from_file_location("_companion_fixture_project", Path(__file__).with_name("test_runner.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-fx = _fixture_module()
+import fixture_project as fx
 STOP_BUDGET_S = 10.0  # "within a few seconds" on a loaded 2-core machine; it takes about 2-3 s
 
 

@@ -4,36 +4,18 @@ seed, their agreement, the ``runs`` mapping, failed seeds); the agreement table;
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import io
 import json
 import time
-from pathlib import Path
 
 import pytest
 
 from companion import catalog, cli, runner
 
 
-def _fixture_module():
-    spec = importlib.util.spec_from_file_location("_companion_fixture_project", Path(__file__).with_name("test_runner.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+import fixture_project as fx
 
 
-fx = _fixture_module()
-
-
-def call(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = cli.main([str(a) for a in argv])
-        except SystemExit as exc:
-            rc = exc.code
-    return rc, out.getvalue(), err.getvalue()
+call = fx.call
 
 
 @pytest.fixture(scope="module")
