@@ -74,8 +74,10 @@ def test_router_training_moves_only_the_routers_and_the_penalty_lowers_keep():
     keeps = {}
     for lam in (0.0, 5.0):
         routers = first_layer_skip.LayerRouters(2, 32)
-        first_layer_skip.train_routers(m, routers, tokens, targets, p_len, steps=30, lam=lam, lr=0.05, batch_size=32,
-                              device="cpu", mode="straight_through", progress=False)
+        history = first_layer_skip.train_routers(m, routers, tokens, targets, p_len, steps=30, lam=lam, lr=0.05,
+                                                 batch_size=32, device="cpu", mode="straight_through", progress=False)
+        assert len(history) == len(history.metrics["keep"]) == len(history.metrics["answer"]) == 30
+        assert history[-1] == pytest.approx(history.metrics["answer"][-1] + lam * history.metrics["keep"][-1], rel=1e-5)
         keeps[lam] = first_layer_skip.route(m, routers, tokens, p_len)[1].mean().item()
     assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
     assert keeps[5.0] < keeps[0.0]

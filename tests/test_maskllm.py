@@ -1,4 +1,5 @@
-"""Tests of companion.methods.parameter_masks.maskllm: held-out NLL, Wanda calibration norms, sparse copies, annealing."""
+"""Tests of companion.methods.parameter_masks.maskllm: held-out NLL, calibration Gram matrices, SparseGPT, sparse
+copies, the annealed mask objective, and that learned masks are valid 2:4 masks."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from companion import train
 from companion.methods.parameter_masks import maskllm as se
 from companion.models import GPT, GPTConfig
 from companion.methods.parameter_masks.maskllm import NMLinear, nm_prior_logits_from_mask
@@ -38,14 +40,32 @@ def test_unigram_perplexity_is_vocab_size_for_uniform_text():
     assert se.unigram_perplexity(skewed, skewed, 4) < 2.0
 
 
-def test_input_norms_are_feature_norms_of_each_linear_input_and_leave_outputs_unchanged():
+def test_input_grams_are_gram_matrices_of_each_linear_input_and_leave_outputs_unchanged():
     model = nn.Sequential(nn.Embedding(5, 8), nn.Linear(8, 4))
     x = torch.tensor([[0, 1, 2], [3, 4, 0]])
     before = model(x)
-    norms = se.input_norms(model, x, ["1"])
-    expected = model[0](x).reshape(-1, 8).pow(2).sum(0).sqrt()
-    assert torch.allclose(norms["1"], expected.detach(), atol=1e-5)
+    grams = se.input_grams(model, x, ["1"], batch_size=1)
+    a = model[0](x).reshape(-1, 8).detach().double()
+    assert torch.allclose(grams["1"], a.T @ a, atol=1e-6)
     assert torch.equal(model(x), before) and not model[1]._forward_hooks
+
+
+def test_sparsegpt_with_uncorrelated_inputs_is_magnitude_pruning_without_updates():
+    w = torch.randn(6, 16, generator=torch.Generator().manual_seed(0))
+    updated, keep = se.sparsegpt_nm(w, torch.eye(16) * 3.0)
+    assert torch.equal(keep, magnitude_nm_mask(w)) and is_nm(keep)
+    assert torch.allclose(updated, w * keep, atol=1e-6)
+
+
+def test_sparsegpt_compensates_so_its_layer_output_error_is_below_magnitude_pruning():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(512, 16, generator=g) @ torch.randn(16, 16, generator=g)  # correlated input features
+    w = torch.randn(8, 16, generator=g)
+    updated, keep = se.sparsegpt_nm(w, x.T.double() @ x.double())
+    assert is_nm(keep) and torch.equal(updated != 0, keep)
+    error = lambda v: (x @ (w - v).T).pow(2).sum().item()
+    assert error(updated) < 0.8 * error(w * magnitude_nm_mask(w))
+    assert error(updated) < error(w * keep)  # the weight update itself helps, not only the choice of mask
 
 
 def test_sparse_copy_replaces_only_named_linears_and_freezes_everything_else():
@@ -54,7 +74,7 @@ def test_sparse_copy_replaces_only_named_linears_and_freezes_everything_else():
     assert "lm_head" not in names and len(names) == 4
     masks = {n: magnitude_nm_mask(dict(model.named_modules())[n].weight) for n in names}
     fixed = se.sparse_copy(model, masks=masks)
-    assert isinstance(model.blocks[0].attn.c_attn, nn.Linear)  # the original is untouched
+    assert isinstance(model.blocks[0].attn.qkv, nn.Linear)  # the original is untouched
     assert all(isinstance(dict(fixed.named_modules())[n], NMLinear) for n in names)
     assert not any(p.requires_grad for p in fixed.parameters())
     priors = {n: nm_prior_logits_from_mask(m) for n, m in masks.items()}
@@ -70,14 +90,41 @@ def test_sparse_copy_replaces_only_named_linears_and_freezes_everything_else():
         se.sparse_copy(model)
 
 
-def test_anneal_schedule_is_linear_from_start_to_end_and_sets_every_learnable_layer():
-    sched = se.AnnealSchedule(5, tau=(4.0, 0.0), scale=(1.0, 9.0))
-    assert sched.value(0) == (4.0, 1.0) and sched.value(4) == (0.0, 9.0) and sched.value(2) == (2.0, 5.0)
-    model = nn.Sequential(NMLinear(torch.randn(4, 8), learnable=True), NMLinear(torch.randn(4, 8)))
-    for _ in range(3):
-        sched(model)
-    assert (model[0].tau, model[0].scale) == (2.0, 5.0) and sched.history[0] == (4.0, 1.0)
+def test_sparse_copy_takes_updated_weights_for_named_layers():
+    model = tiny_gpt()
+    name = "blocks.0.mlp.fc1"
+    w = dict(model.named_modules())[name].weight
+    mask = magnitude_nm_mask(w)
+    copy = se.sparse_copy(model, masks={name: mask}, weights={name: 2 * w})
+    assert torch.equal(dict(copy.named_modules())[name].weight, 2 * w)
+    assert torch.equal(w, dict(model.named_modules())[name].weight)  # the original is untouched
+
+
+def test_mask_objective_anneals_linearly_over_fit_and_logs_the_schedule():
+    objective = se.MaskObjective(lambda m, x, y: m(x).pow(2).mean(), tau=(4.0, 0.0), scale=(1.0, 9.0))
+    assert objective.value(0, 5) == (4.0, 1.0) and objective.value(4, 5) == (0.0, 9.0)
+    assert objective.value(2, 5) == (2.0, 5.0)
+    model = nn.Sequential(NMLinear(torch.randn(8, 8), learnable=True), NMLinear(torch.randn(4, 8)))
+    history = train.fit(model, torch.randn(16, 8), None, 5, batch_size=4, device="cpu", loss_fn=objective,
+                        progress=False)
+    assert history.metrics["tau"] == [4.0, 3.0, 2.0, 1.0, 0.0] and history.metrics["scale"][-1] == 9.0
+    assert (model[0].tau, model[0].scale) == (0.0, 9.0)
     assert model[1].tau == 4.0  # a fixed-mask layer is left alone
+
+
+def test_learned_masks_are_valid_2_4_after_training_and_move_away_from_the_prior():
+    model = tiny_gpt()
+    names = se.linear_names(model, lambda n: n.startswith("blocks."))
+    priors = {n: nm_prior_logits_from_mask(magnitude_nm_mask(dict(model.named_modules())[n].weight), strength=0.5)
+              for n in names}
+    learner = se.sparse_copy(model, prior_logits=priors, generator=torch.Generator().manual_seed(0))
+    x = torch.randint(0, 11, (64, 8), generator=torch.Generator().manual_seed(2))
+    objective = se.MaskObjective(lambda m, a, b: F.cross_entropy(m(a).flatten(0, 1), b.flatten()), scale=(1.0, 10.0))
+    train.fit(learner, x, x.roll(1, dims=1), 20, batch_size=16, lr=0.5, weight_decay=0.0, device="cpu",
+              loss_fn=objective, progress=False)
+    learned = se.final_masks(learner)
+    assert set(learned) == set(names) and all(is_nm(learned[n]) for n in names)
+    assert any(not torch.equal(learned[n], magnitude_nm_mask(dict(model.named_modules())[n].weight)) for n in names)
 
 
 def test_pattern_counts_changed_groups_and_gate_confidence():

@@ -117,3 +117,17 @@ def test_prior_from_mask_scores_candidates_by_overlap():
     assert torch.equal(nm_prior_logits_from_mask(magnitude_nm_mask(w)).argmax(-1), nm_prior_logits(w).argmax(-1))
     with pytest.raises(ValueError, match="valid 2:4"):
         nm_prior_logits_from_mask(torch.ones(1, 4))
+
+
+def test_gumbel_mask_at_low_temperature_matches_softmax_without_subnormal_floats():
+    """Subnormal floats make CPU arithmetic ~10x slower; the soft mask floors pattern probabilities at ~1e-13."""
+    logits = (3 * torch.randn(16, 8, 6, generator=torch.Generator().manual_seed(0))).requires_grad_()
+    mask = gumbel_softmax_nm_mask(logits, tau=0.05, scale=10.0, generator=torch.Generator().manual_seed(1))
+    u = torch.rand(logits.shape, generator=torch.Generator().manual_seed(1))
+    gumbel = -torch.log((-torch.log(u.clamp_min(1e-10))).clamp_min(1e-10))
+    plain = ((10.0 * logits.detach() + gumbel) / 0.05).softmax(-1) @ nm_candidate_patterns(2, 4)
+    assert torch.allclose(mask.detach(), plain.reshape(16, 32), atol=1e-9)
+    (mask * torch.randn(16, 32, generator=torch.Generator().manual_seed(2))).sum().backward()
+    tiny = torch.finfo(torch.float32).tiny
+    for t in (mask.detach(), logits.grad):
+        assert not ((t != 0) & (t.abs() < tiny)).any()

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...data.sequences import IGNORE
-from ...train import fit
+from ...train import History, fit
 
 TASKS = ("copy", "reverse", "count", "shift")
 
@@ -153,9 +153,10 @@ def answer_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def train_routers(model, routers: LayerRouters, tokens, targets, prompt_len: int, steps: int, lam: float,
                   lr: float = 1e-2, batch_size: int = 64, seed: int = 0, device: str = "auto",
-                  mode: str = "soft", progress: bool = True) -> list[float]:
+                  mode: str = "soft", progress: bool = True) -> History:
     """Train only the routers (the base model is frozen): answer loss + ``lam``·mean keep probability, the
-    blocks gated by ``mode`` (see ``LayerRouters.attach``). Returns the per-step total losses."""
+    blocks gated by ``mode`` (see ``LayerRouters.attach``). Returns ``fit``'s history: the per-step total losses,
+    with the answer loss and the mean keep probability in ``metrics["answer"]`` and ``metrics["keep"]``."""
     from ...runtime import resolve_device
 
     model.requires_grad_(False).to(resolve_device(device))
@@ -163,7 +164,8 @@ def train_routers(model, routers: LayerRouters, tokens, targets, prompt_len: int
     def loss_fn(r, x, y):
         with r.attach(model, prompt_len, mode):
             loss = answer_loss(model(x), y)
-        return loss + lam * r.keep_matrix().mean()
+        keep = r.keep_matrix().mean()
+        return {"loss": loss + lam * keep, "answer": loss, "keep": keep}
 
     return fit(routers, tokens, targets, steps, batch_size=batch_size, lr=lr, weight_decay=0.0, seed=seed,
                device=device, loss_fn=loss_fn, desc="routers", progress=progress)

@@ -6,9 +6,11 @@ model's linear layers for ``NMLinear``. Fixed masks and pattern utilities are in
 
 
 Pieces a notebook combines with ``companion.train.fit``: per-window held-out NLL and perplexity, a unigram
-reference, calibration input norms for Wanda, sparse copies of a model with given masks, the linear
-temperature/scale annealing of the Gumbel-softmax, and summaries of learned masks (pattern counts, change
-against a prior). Masks are **True = keep** (as in ``companion.masks.nm``).
+reference, calibration input Gram matrices (Wanda uses their diagonal, SparseGPT all of it), SparseGPT's
+one-shot N:M pruning with its weight update, sparse copies of a model with given masks (and weights),
+:class:`MaskObjective` (the LM loss under linearly annealed Gumbel temperature and logit scale), and summaries
+of learned masks (pattern counts, change against a prior). Masks are **True = keep** (as in
+``companion.masks.nm``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...masks.nm import _check_nm, _groups, is_nm, magnitude_nm_mask, nm_candidate_patterns, pattern_index
-from ...train import predict
+from ...train import Objective, predict
 
 
 def nm_prior_logits(weight: torch.Tensor, n: int = 2, m: int = 4, strength: float = 3.0) -> torch.Tensor:
@@ -45,7 +47,11 @@ def gumbel_softmax_nm_mask(logits: torch.Tensor, tau: float = 1.0, hard: bool = 
     u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
     exponential = -torch.log(u.clamp_min(1e-10))  # Exp(1) samples
     gumbel = -torch.log(exponential.clamp_min(1e-10))
-    probs = ((scale * logits + gumbel) / tau).softmax(-1)  # (out, in/m, C)
+    z = (scale * logits + gumbel) / tau
+    # softmax is shift-invariant; the floor at exp(-30) ~ 1e-13 keeps low-tau probabilities out of subnormal
+    # floats, which make CPU arithmetic about 10x slower and change the mask by less than 1e-12
+    z = (z - z.amax(-1, keepdim=True).detach()).clamp_min(-30.0)
+    probs = z.softmax(-1)  # (out, in/m, C)
     if hard:
         one_hot = F.one_hot(probs.argmax(-1), len(patterns)).to(probs.dtype)
         probs = one_hot - probs.detach() + probs
@@ -161,14 +167,18 @@ def unigram_perplexity(train_ids: torch.Tensor, eval_ids: torch.Tensor, vocab_si
 
 
 @torch.no_grad()
-def input_norms(model: nn.Module, x: torch.Tensor, names: list[str], batch_size: int = 128) -> dict[str, torch.Tensor]:
-    """L2 norm over all calibration tokens of each input feature of the named ``nn.Linear`` modules:
-    {name: (in_features,)}. ``x`` (n, T) are calibration token windows fed through ``model``."""
+def input_grams(model: nn.Module, x: torch.Tensor, names: list[str], batch_size: int = 128) -> dict[str, torch.Tensor]:
+    """Gram matrix ``X^T X`` of the inputs of each named ``nn.Linear`` over all calibration tokens:
+    {name: (in_features, in_features)} float64. ``x`` (n, T) are calibration token windows fed through ``model``.
+    Its diagonal is the squared input-feature norm that Wanda uses; SparseGPT uses the whole matrix."""
     modules = dict(model.named_modules())
-    sq = {name: torch.zeros(modules[name].in_features) for name in names}
+    grams = {name: torch.zeros(modules[name].in_features, modules[name].in_features, dtype=torch.float64)
+             for name in names}
+
     def accumulate(name):
         def hook(module, inputs, output):  # returns None: the output is left unchanged
-            sq[name].add_(inputs[0].detach().float().pow(2).flatten(0, -2).sum(0).cpu())
+            a = inputs[0].detach().double().flatten(0, -2).cpu()
+            grams[name].add_(a.T @ a)
         return hook
 
     hooks = [modules[name].register_forward_hook(accumulate(name)) for name in names]
@@ -180,7 +190,38 @@ def input_norms(model: nn.Module, x: torch.Tensor, names: list[str], batch_size:
     finally:
         for h in hooks:
             h.remove()
-    return {name: s.sqrt() for name, s in sq.items()}
+    return grams
+
+
+@torch.no_grad()
+def sparsegpt_nm(weight: torch.Tensor, gram: torch.Tensor, n: int = 2, m: int = 4,
+                 damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """SparseGPT's one-shot N:M pruning (Frantar & Alistarh 2023, the official ``fasterprune`` without blocking).
+
+    Columns (input features) are visited left to right; at the start of each group of ``m`` the ``m - n``
+    weights of every row with the smallest ``w^2 / [H^-1]_jj^2`` are pruned, and each column's pruning error is
+    spread over the not yet visited columns through the inverse Hessian ``H = X^T X + damp * mean(diag) * I``
+    (an optimal-brain-surgeon update), so the kept weights compensate for the pruned ones.
+    ``weight`` (out, in), ``gram`` (in, in) from :func:`input_grams`. Returns the updated weight (out, in), zero
+    where pruned, and its bool mask (True = keep), a valid N:M mask.
+    """
+    _check_nm(n, m)
+    W = weight.detach().double().clone()
+    H = gram.detach().double().clone().to(W.device)
+    dead = H.diag() == 0  # features never active in calibration: prune freely
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H += damp * H.diag().mean() * torch.eye(len(H), dtype=H.dtype, device=H.device)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    keep = torch.ones_like(W, dtype=torch.bool)
+    for i in range(W.shape[1]):
+        if i % m == 0:
+            score = W[:, i:i + m] ** 2 / hinv.diag()[i:i + m] ** 2
+            drop = score.topk(m - n, dim=1, largest=False).indices + i
+            keep.scatter_(1, drop, False)
+        err = W[:, i] * ~keep[:, i] / hinv[i, i]
+        W[:, i:] -= err[:, None] * hinv[i, i:][None, :]  # column i becomes its kept value (or 0)
+    return (W * keep).to(weight.dtype), keep
 
 
 def linear_names(model: nn.Module, include=None) -> list[str]:
@@ -189,12 +230,14 @@ def linear_names(model: nn.Module, include=None) -> list[str]:
 
 
 def sparse_copy(model: nn.Module, masks: dict[str, torch.Tensor] | None = None, prior_logits=None,
-                n: int = 2, m: int = 4, generator: torch.Generator | None = None, **kwargs) -> nn.Module:
+                n: int = 2, m: int = 4, generator: torch.Generator | None = None,
+                weights: dict[str, torch.Tensor] | None = None, **kwargs) -> nn.Module:
     """A deep copy of ``model`` whose named linears become frozen ``NMLinear``: with the fixed bool masks
     ``masks`` {name: (out, in)}, or learnable (MaskLLM) with the initial pattern logits ``prior_logits``
     {name: (out, in/m, C)}. Exactly one of the two dicts is given; its keys are the layers replaced. Every
     other parameter of the copy is frozen too, so only mask logits can train. ``generator`` (shared by the
-    learnable layers) makes their Gumbel noise reproducible."""
+    learnable layers) makes their Gumbel noise reproducible. ``weights`` {name: (out, in)} replaces the
+    weights of named layers (SparseGPT's updated weights); by default each layer keeps its own."""
     if (masks is None) == (prior_logits is None):
         raise ValueError("give exactly one of masks= (fixed) or prior_logits= (learnable)")
     sparse = copy.deepcopy(model)
@@ -206,10 +249,11 @@ def sparse_copy(model: nn.Module, masks: dict[str, torch.Tensor] | None = None, 
         if not isinstance(lin, nn.Linear):
             raise ValueError(f"{name!r} is not an nn.Linear (got {type(lin).__name__})")
         parent, _, attr = name.rpartition(".")
+        weight = lin.weight if weights is None or name not in weights else weights[name]
         if masks is not None:
-            new = NMLinear.from_linear(lin, n=n, m=m, mask=init, **kwargs)
+            new = NMLinear(weight, lin.bias, n=n, m=m, mask=init, **kwargs)
         else:
-            new = NMLinear.from_linear(lin, n=n, m=m, learnable=True, **kwargs)
+            new = NMLinear(weight, lin.bias, n=n, m=m, learnable=True, **kwargs)
             new.generator = generator
             with torch.no_grad():
                 new.mask_logits.copy_(init)
@@ -217,31 +261,27 @@ def sparse_copy(model: nn.Module, masks: dict[str, torch.Tensor] | None = None, 
     return sparse
 
 
-class AnnealSchedule:
-    """MaskLLM's linear schedules over mask-learning steps: temperature tau from ``tau[0]`` to ``tau[1]`` and
-    logit scale from ``scale[0]`` to ``scale[1]``. Calling it with a model sets both on every learnable
-    ``NMLinear`` for the current step and advances one step (call it once per training step, e.g. at the top
-    of a ``loss_fn``); ``history`` keeps the (tau, scale) used at each step."""
+class MaskObjective(Objective):
+    """MaskLLM's training objective for ``companion.train.fit``: ``loss(model, x, y)`` through Gumbel-sampled
+    masks, with the temperature tau annealed linearly from ``tau[0]`` (first step) to ``tau[1]`` (last step)
+    and the logit scale likewise from ``scale[0]`` to ``scale[1]``. Before each loss it sets both on every
+    learnable ``NMLinear`` of the model; it returns ``{"loss", "tau", "scale"}``, so ``fit``'s history logs the
+    schedule per step (``history.metrics["tau"]``)."""
 
-    def __init__(self, steps: int, tau: tuple[float, float] = (4.0, 0.1), scale: tuple[float, float] = (1.0, 1.0)):
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        self.steps, self.tau, self.scale = steps, tau, scale
-        self.step = 0
-        self.history: list[tuple[float, float]] = []
+    def __init__(self, loss, tau: tuple[float, float] = (4.0, 0.1), scale: tuple[float, float] = (1.0, 1.0)):
+        self.loss, self.tau, self.scale = loss, tau, scale
 
-    def value(self, step: int) -> tuple[float, float]:
-        t = min(step, self.steps - 1) / max(1, self.steps - 1)
+    def value(self, step: int, total: int) -> tuple[float, float]:
+        """(tau, scale) at ``step`` of ``total`` steps (0-based; the last step reaches the end values)."""
+        t = min(step, total - 1) / max(1, total - 1)
         return (self.tau[0] + (self.tau[1] - self.tau[0]) * t, self.scale[0] + (self.scale[1] - self.scale[0]) * t)
 
-    def __call__(self, model: nn.Module) -> tuple[float, float]:
-        tau, scale = self.value(self.step)
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None):
+        tau, scale = self.value(self.step, self.total)
         for mod in model.modules():
             if isinstance(mod, NMLinear) and mod.learnable:
                 mod.tau, mod.scale = tau, scale
-        self.step += 1
-        self.history.append((tau, scale))
-        return tau, scale
+        return {"loss": self.loss(model, x, y), "tau": tau, "scale": scale}
 
 
 def final_masks(model: nn.Module) -> dict[str, torch.Tensor]:
