@@ -38,7 +38,7 @@ report: zoo
 	$(VENV)/bin/companion report
 
 test: zoo
-	$(PY) -m pytest -n $(JOBS) --durations=10
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup --durations=10
 
 lint: setup
 	$(VENV)/bin/ruff check companion tests benchmarks data_scripts

@@ -29,7 +29,9 @@ def expected_verdicts(slug: str) -> dict[str, str]:
     return expected
 
 
-PAPERS = [p.slug for p in catalog.implemented()]
+# Each notebook's tests share one papermill run: under `pytest -n` they all
+# go to one worker (`make test` passes --dist loadgroup), so the module-scoped fixture runs each notebook once.
+PAPERS = [pytest.param(p.slug, id=p.slug, marks=pytest.mark.xdist_group(p.slug)) for p in catalog.implemented()]
 
 
 @pytest.fixture(scope="module", autouse=True)
