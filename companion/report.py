@@ -31,6 +31,11 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 # A symbol beside each verdict colour, so that a chip reads without colour too.
 SYMBOLS = {"supported": "✓", "not_supported": "✗", "inconclusive": "?", "not_testable": "–", "failed": "!",
            "not run": "·", "missing": "·"}
+def _failed(premise: dict) -> bool:
+    """A premise failed when it was judged and did not hold (a premise only ``full`` can test has not failed)."""
+    return premise["verdict"] in ("not_supported", "inconclusive")
+
+
 # Fields an older claims.json may lack (schema 1 had no kind, interval, reason or premises).
 _CLAIM_DEFAULTS = {"metric": "", "baseline": "baseline", "baseline_value": None, "method": "method",
                    "method_value": None, "expected": "", "verdict": "not_testable", "margin": 0.0, "interval": None,
@@ -154,7 +159,7 @@ class PaperView:
 
     @property
     def failed_premises(self) -> list[str]:
-        names = [c["name"] for c in self.premises if c["verdict"] != "supported"]
+        names = [c["name"] for c in self.premises if _failed(c)]
         for c in self.paper_claims:
             names += [p for p in c.get("failed_premises", []) if p not in names]
         return names
@@ -230,7 +235,7 @@ def _summary(views: list[PaperView]) -> dict:
     return {"verdicts": counts, "paper_claims": sum(counts.values()), "premise_failed": premise_failed,
             "status": status, "sanity": sum(len(v.sanity) for v in views),
             "premises": sum(len(v.premises) for v in views),
-            "premises_failed": sum(c["verdict"] != "supported" for v in views for c in v.premises),
+            "premises_failed": sum(_failed(c) for v in views for c in v.premises),
             "swept": sum(v.swept for v in views)}
 
 
