@@ -74,3 +74,14 @@ def test_code_passes_ruff():
     result = subprocess.run([Path(sys.executable).parent / "ruff", "check", "companion", "tests", "benchmarks",
                              "data_scripts"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-2000:]
+
+
+@pytest.mark.parametrize("paper", catalog.implemented(), ids=lambda p: p.slug)
+def test_papermill_parses_every_parameter(paper):
+    """papermill reads the parameters cell line by line; a comment holding '=' makes it warn and drop the name."""
+    from papermill.translators import PythonTranslator
+
+    nb = nbformat.read(paper.notebook, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    names = {p.name for p in PythonTranslator.inspect(cell)}
+    assert names == set(params.profile_values(paper.slug, "ci"))
