@@ -135,3 +135,15 @@ def test_nbval_rerun_gives_identical_claims(run):
                              "no:cacheprovider", str(nb)], cwd=nb.parent, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stdout[-3000:]
     assert claims.load(root / "runs" / run.slug) == claims.load(run.out_dir)
+
+
+def test_a_two_seed_sweep_of_a_real_notebook_writes_stability(tmp_path, one_thread_per_kernel):
+    """`companion run dma --seeds 0,1`: each seed in its own folder, stability.json with every claim's verdicts."""
+    results, doc = runner.sweep("dma", [0, 1], out_dir=tmp_path / "dma", jobs=1, progress_bar=False)
+    assert [r.ok for r in results] == [True, True], [r.error for r in results]
+    assert doc == json.loads((tmp_path / "dma" / "stability.json").read_text())
+    assert doc["seeds"] == [0, 1] and doc["runs"] == {"0": "seed-0", "1": "seed-1"}
+    names = {c["name"] for c in claims.load(tmp_path / "dma" / "seed-0")["claims"]}
+    assert {c["name"] for c in doc["claims"]} == names
+    for c in doc["claims"]:
+        assert set(c["verdicts"]) == {"0", "1"} and c["agreement"] in (0.5, 1.0)
