@@ -29,9 +29,8 @@ def expected_verdicts(slug: str) -> dict[str, str]:
     return expected
 
 
-# Each notebook's tests share one papermill run: under `pytest -n` they all
-# go to one worker (`make test` passes --dist loadgroup), so the module-scoped fixture runs each notebook once.
-PAPERS = [pytest.param(p.slug, id=p.slug, marks=pytest.mark.xdist_group(p.slug)) for p in catalog.implemented()]
+# Each notebook's tests share one papermill run (``_RUNS``): tests/conftest.py puts them on one xdist worker.
+PAPERS = [p.slug for p in catalog.implemented()]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -52,16 +51,22 @@ def zoo_files() -> set[str]:
     return {p.name for kind in ZOO_MODELS for p in zoo.cache_dir().glob(f"{kind}-*.pt")}
 
 
-@pytest.fixture(scope="module", params=PAPERS)
+_RUNS: dict[str, runner.RunResult] = {}  # one papermill run per notebook and worker, whatever the test order
+
+
+@pytest.fixture(params=PAPERS)
 def run(request, tmp_path_factory, one_thread_per_kernel):
     from companion import zoo
 
-    zoo.build()  # `make test` built it already: this only loads (or builds it when pytest runs alone)
-    before = zoo_files()
-    out = tmp_path_factory.mktemp(request.param)
-    result = runner.run_notebook(request.param, "ci", seed=0, out_dir=out, progress_bar=False)
-    result.new_zoo_files = zoo_files() - before
-    return result
+    slug = request.param
+    if slug not in _RUNS:
+        zoo.build()  # `make test` built it already: this only loads (or builds it when pytest runs alone)
+        before = zoo_files()
+        out = tmp_path_factory.mktemp(slug)
+        result = runner.run_notebook(slug, "ci", seed=0, out_dir=out, progress_bar=False)
+        result.new_zoo_files = zoo_files() - before
+        _RUNS[slug] = result
+    return _RUNS[slug]
 
 
 def test_the_zoo_prebuilt_what_the_notebook_loads(run):
