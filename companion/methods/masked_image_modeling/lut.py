@@ -205,17 +205,15 @@ def masked_losses(mae: MAE, imgs: torch.Tensor, visible: torch.Tensor) -> tuple[
     (``mim.patch_mean_fill_loss``), 0 for normalised-pixel targets (``norm_pix_loss``, where any flat patch
     normalises to 0). imgs [N, C, H, W], visible [N, L] bool → ((N,), (N,)) on the CPU; eval mode.
     """
-    mae.eval()
+    model_loss = mim.per_image_loss(mae, imgs, lambda n, g: visible, None, batch_size=len(imgs))
     x, v = imgs.to(next(mae.parameters()).device), visible.to(next(mae.parameters()).device)
-    enc = mae.forward_encoder(x, v)
-    pred = mae.forward_decoder(enc.latent, enc.ids_restore)
-    removed = (~v).to(pred.dtype)
-    per_image = lambda per_patch: ((per_patch * removed).sum(1) / removed.sum(1).clamp(min=1)).cpu()
     if mae.cfg.norm_pix_loss:
-        reference = per_image(mae.forward_loss(x, torch.zeros_like(pred), v, reduction="none"))
+        removed = (~v).float()
+        flat = mae.forward_loss(x, torch.zeros_like(mae.patchify(x)), v, reduction="none")  # [N, L]
+        reference = ((flat * removed).sum(1) / removed.sum(1).clamp(min=1)).cpu()
     else:
         reference = mim.patch_mean_fill_loss(mae, x, v).cpu()
-    return per_image(mae.forward_loss(x, pred, v, reduction="none")), reference
+    return model_loss, reference
 
 
 __all__ = ["LUT", "LUTObjective", "bc_loss", "crop_flip", "masked_losses", "mlp_head", "momentum_at",
