@@ -6,8 +6,9 @@ prompts); ``files`` finds prepared datasets and raises :class:`DataError` naming
 The image API is re-exported here: ``data.make_shapes``, ``data.load_fashion_mnist``.
 """
 
+from . import foreground
 from .files import PREPARE, DataError, available, data_root, require
 from .images import FASHION_CLASSES, SHAPE_CLASSES, ImageSet, load_fashion_mnist, make_shapes
 
 __all__ = ["DataError", "PREPARE", "available", "data_root", "require", "FASHION_CLASSES", "SHAPE_CLASSES",
-           "ImageSet", "load_fashion_mnist", "make_shapes"]
+           "ImageSet", "load_fashion_mnist", "make_shapes", "foreground"]

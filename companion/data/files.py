@@ -31,9 +31,37 @@ def data_root() -> Path:
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)  # Debian's dataset-fashion-mnist
 FASHION_MNIST_SCRIPT = "python data_scripts/fashion_mnist.py"
+FOREGROUND_SCRIPT = "python data_scripts/foreground.py"
 PREPARE = {
     "fashion_mnist": f"{FASHION_MNIST_SCRIPT}  (or: apt-get install dataset-fashion-mnist)",
+    "foreground": FOREGROUND_SCRIPT,
+    "resnet50_torchvision": FOREGROUND_SCRIPT,
 }
+# layer_masking's `full` profile (data_scripts/foreground.py): the ResNet-50 ImageNet weights torchvision
+# publishes (IMAGENET1K_V1, the file the paper's code loads; its name carries the first hex digits of the
+# file's SHA-256, which torch.hub checks) and the Oxford-IIIT Pet archives with the MD5s torchvision's
+# OxfordIIITPet dataset publishes. Prepared files go under data_root() / these folder names.
+RESNET50_URL = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
+RESNET50_DIR = "torchvision"
+FOREGROUND_DIR = "foreground"
+OXFORD_PET_MD5 = {
+    "https://www.robots.ox.ac.uk/~vgg/data/pets/data/images.tar.gz": "5c4f3ee8e5d25df40f4fd59a7f44e54c",
+    "https://www.robots.ox.ac.uk/~vgg/data/pets/data/annotations.tar.gz": "95a8c909bbe2e81eed6a22bccdf3f68f",
+}
+
+
+def resnet50_weights_file(root: Path | str | None = None) -> Path:
+    """Where the torchvision ResNet-50 state dict lives under a data root (default :func:`data_root`)."""
+    return Path(root if root is not None else data_root()) / RESNET50_DIR / RESNET50_URL.rsplit("/", 1)[1]
+
+
+def foreground_prepare_command(root: Path | str | None = None) -> str:
+    """The command that prepares the foreground set and the ResNet-50 weights under ``root``."""
+    if root is None or Path(root).resolve() == data_root().resolve():
+        return FOREGROUND_SCRIPT
+    return f"{FOREGROUND_SCRIPT} --dest {root}"
+
+
 # The MD5s published with Fashion-MNIST: of each .gz file as Zalando serves it, and of its decompressed idx
 # content. Debian's package recompresses the files (other .gz bytes, the same content), so a .gz file is
 # accepted when either its own MD5 or that of its content matches; an uncompressed idx file by its content.
@@ -150,12 +178,16 @@ def available(name: str, data_dir: str = "") -> bool:
         return True
     if name == "fashion_mnist":
         return _fashion_dir(data_dir) is not None
+    if name == "imagenet_fg":  # layer_masking's full profile: the foreground set and the ResNet-50 weights
+        root = Path(data_dir) if data_dir else data_root()
+        return (root / FOREGROUND_DIR / "index.tsv").is_file() and resnet50_weights_file(root).is_file()
     raise ValueError(f"unknown dataset {name!r}")
 
 
 def require(name: str, data_dir: str = "") -> None:
     """Raise a one-line :class:`DataError` naming the command that prepares ``name`` when it is missing or damaged."""
     if not available(name, data_dir):
-        raise DataError(f"dataset {name!r} is not prepared; run: {PREPARE[name]}")
+        prepare = foreground_prepare_command(data_dir or None) if name == "imagenet_fg" else PREPARE[name]
+        raise DataError(f"dataset {name!r} is not prepared; run: {prepare}")
     if name == "fashion_mnist":
         verify_fashion_mnist(_fashion_dir(data_dir))
