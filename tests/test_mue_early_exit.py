@@ -99,3 +99,34 @@ def test_bad_rule_is_a_clear_error():
     m = _model()
     with pytest.raises(ValueError, match="rule must be"):
         ee.greedy_decode(m, torch.zeros(1, 7, 32), 2, BOS, rule="entropy")
+
+
+@torch.no_grad()
+def test_evaluate_mue_and_the_static_encoder_arm_of_the_sweep():
+    """MuE at one setting equals its sweep point; the static-encoder arm cuts every item at depth k and uses MuE's
+    decoder exit; the settings of every point are recorded."""
+    m = _model(seed=5)
+    src, tgt = _src(8), torch.randint(0, 10, (8, 6), generator=torch.Generator().manual_seed(6))
+    out = ee.sweep(m, src, tgt, BOS, [0.5, 1.0], [0.9, 1.0], [1.01])
+    assert [p["setting"] for p in out["MuE"]] == [{"enc": 0.5, "dec": 0.9}, {"enc": 0.5, "dec": 1.0},
+                                                   {"enc": 1.0, "dec": 0.9}, {"enc": 1.0, "dec": 1.0}]
+    one = ee.evaluate_mue(m, src, tgt, BOS, 0.5, 0.9)
+    assert torch.equal(one["layers"], out["MuE"][0]["items"]["layers"])
+    static = out["static encoder + decoder exits"]
+    assert len(static) == 3 * 2 and all(p["items"]["enc_layers"].eq(p["setting"]["enc"]).all() for p in static)
+    # with the encoder exit disabled (threshold 1.0), MuE equals the static arm at full depth
+    full = next(p for p in static if p["setting"] == {"enc": 3, "dec": 0.9})
+    assert torch.equal(out["MuE"][2]["items"]["layers"], full["items"]["layers"])
+
+
+def test_digit_tasks_with_given_digits_poses_the_same_strings_under_each_task():
+    from companion.data.sequences import DIGIT_TASKS, digit_tasks
+
+    digits = torch.randint(0, 10, (20, 4), generator=torch.Generator().manual_seed(0))
+    copy = digit_tasks(20, 4, ("copy",), digits=digits)
+    sort = digit_tasks(20, 4, ("sort",), digits=digits)
+    assert torch.equal(copy[0][:, :4], digits) and torch.equal(sort[0][:, :4], digits)
+    assert torch.equal(copy[1], digits) and torch.equal(sort[1], digits.sort(1).values)
+    assert (sort[2] == DIGIT_TASKS.index("sort")).all()
+    with pytest.raises(ValueError, match="digits"):
+        digit_tasks(3, 4, digits=digits)

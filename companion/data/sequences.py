@@ -118,7 +118,8 @@ DIGIT_TASKS = ("copy", "reverse", "sort", "increment")
 
 
 def digit_tasks(n: int, length: int = 6, tasks: tuple[str, ...] = DIGIT_TASKS,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                generator: torch.Generator | None = None,
+                digits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A multitask seq2seq set on digit strings: ``length`` digits, then a task token; the answer is ``length``
     digits (so answer position i lines up with source position i). Tasks: ``copy``; ``reverse``; ``sort``
     (ascending); ``increment`` (the digits read as a number, most significant first, plus one, modulo
@@ -126,18 +127,21 @@ def digit_tasks(n: int, length: int = 6, tasks: tuple[str, ...] = DIGIT_TASKS,
 
     Vocabulary: digits 0-9 are tokens 0-9, the task tokens follow (``10 + DIGIT_TASKS.index(task)``), and the
     decoder's begin-of-sequence token is ``10 + len(DIGIT_TASKS)``; the vocabulary size is ``11 + len(DIGIT_TASKS)``.
-    Tasks are drawn uniformly from ``tasks``. Returns source (n, length+1), target (n, length) and the index of
-    each item's task in ``DIGIT_TASKS`` (n,), all long.
+    Tasks are drawn uniformly from ``tasks``. ``digits`` (n, length) long, optional: use these digit strings
+    instead of drawing them (e.g. the same strings under two tasks, for paired comparisons). Returns source
+    (n, length+1), target (n, length) and the index of each item's task in ``DIGIT_TASKS`` (n,), all long.
     """
     unknown = [t for t in tasks if t not in DIGIT_TASKS]
     if unknown or not tasks:
         raise ValueError(f"tasks must be a non-empty subset of {DIGIT_TASKS}, got {tasks!r}")
     if length < 1:
         raise ValueError(f"length must be >= 1, got {length}")
+    if digits is not None and (digits.shape != (n, length) or digits.min() < 0 or digits.max() > 9):
+        raise ValueError(f"digits must be ({n}, {length}) with values in 0..9, got shape {tuple(digits.shape)}")
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     allowed = torch.tensor([DIGIT_TASKS.index(t) for t in tasks])
     task = allowed[torch.randint(0, len(allowed), (n,), generator=g)]
-    digits = torch.randint(0, 10, (n, length), generator=g)
+    digits = torch.randint(0, 10, (n, length), generator=g) if digits is None else digits.long()
 
     # increment: add one at the last digit and carry through the trailing nines
     trailing_nines = (digits.flip(1) == 9).long().cumprod(1).flip(1).bool()  # (n, L) True inside the run of 9s

@@ -26,46 +26,62 @@ from ...data.sequences import IGNORE
 from ...train import History, fit
 
 TASKS = ("copy", "reverse", "count", "shift")
+# The two symbol blocks each task's prompts are drawn from: every block serves two tasks, so no single symbol
+# names the task; the pair of blocks present in a prompt does (blocks 0-1-3-2 form a cycle of tasks).
+TASK_BLOCKS = {"copy": (0, 1), "reverse": (2, 3), "shift": (0, 2), "count": (1, 3)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Data: a prompt mix whose tasks may lean on different layers
+# Data: a prompt mix whose tasks may lean on different layers, the task implied by the prompt's content
 
 
-def task_vocab_size(alphabet: int, tasks=TASKS) -> int:
-    """Symbols ``[0, alphabet)``, one token per task, one separator."""
-    return alphabet + len(tasks) + 1
+def task_vocab_size(alphabet: int) -> int:
+    """Symbols ``[0, alphabet)`` and one separator (there is no task token)."""
+    return alphabet + 1
 
 
-def skip_tasks(n: int, n_symbols: int = 6, alphabet: int = 10, tasks=TASKS,
+def skip_tasks(n: int, n_symbols: int = 6, block: int = 4, tasks=TASKS,
                generator: torch.Generator | None = None):
-    """A multi-task prompt mix: ``[task, x_1..x_S, sep, a_1..a_S]`` with tasks drawn uniformly.
+    """A multi-task prompt mix without a task token: ``[x_1..x_S, sep, a_1..a_S]``, tasks drawn uniformly.
+
+    The alphabet is ``4 * block`` symbols in four blocks of ``block``; a prompt of task t draws its symbols
+    from the two blocks ``TASK_BLOCKS[t]`` and holds at least one symbol of each. Every block serves two
+    tasks, so a single symbol leaves two candidate tasks and the task is known only from two symbols of
+    different blocks: the model (and a router) must infer it from the prompt's content.
 
     - ``copy``: a = x; ``reverse``: a = x reversed; ``shift``: a_i = x_i + 1 (mod alphabet);
     - ``count``: a_i = x_S + i (mod alphabet) — after the first answer symbol a bigram rule.
 
-    Returns tokens (n, 2S+2) long, next-token targets (n, 2S+2) long (the answer a_i is the target at the
-    position before it, -100 elsewhere), task ids (n,) long (index into ``tasks``) and the prompt length S+2
-    (task token, symbols, separator).
+    Returns tokens (n, 2S+1) long, next-token targets (n, 2S+1) long (the answer a_i is the target at the
+    position before it, -100 elsewhere), task ids (n,) long (index into ``TASKS``) and the prompt length S+1
+    (symbols, separator).
     """
     unknown = set(tasks) - set(TASKS)
-    if unknown:
+    if unknown or not tasks:
         raise ValueError(f"unknown tasks {sorted(unknown)}; allowed: {list(TASKS)}")
-    if n_symbols < 1 or alphabet < 2:
-        raise ValueError(f"need n_symbols >= 1 and alphabet >= 2, got {n_symbols} and {alphabet}")
+    if n_symbols < 2 or block < 1:
+        raise ValueError(f"need n_symbols >= 2 and block >= 1, got {n_symbols} and {block}")
     g = generator if generator is not None else torch.Generator().manual_seed(0)
-    task = torch.randint(0, len(tasks), (n,), generator=g)
-    x = torch.randint(0, alphabet, (n, n_symbols), generator=g)
+    alphabet = 4 * block
+    allowed = torch.tensor([TASKS.index(t) for t in tasks])
+    task = allowed[torch.randint(0, len(allowed), (n,), generator=g)]
+    blocks = torch.tensor([TASK_BLOCKS[t] for t in TASKS])[task]  # (n, 2) the task's two blocks
+    side = torch.randint(0, 2, (n, n_symbols), generator=g)  # which of the two blocks each symbol comes from
+    one_sided = (side == side[:, :1]).all(1)  # make sure both blocks appear: flip one random position
+    flip = torch.randint(0, n_symbols, (n,), generator=g)
+    rows = torch.arange(n)[one_sided]
+    side[rows, flip[one_sided]] = 1 - side[rows, flip[one_sided]]
+    x = blocks.gather(1, side) * block + torch.randint(0, block, (n, n_symbols), generator=g)
     steps = torch.arange(1, n_symbols + 1)
     answers = {"copy": x, "reverse": x.flip(1), "shift": (x + 1) % alphabet,
                "count": (x[:, -1:] + steps) % alphabet}
     a = torch.zeros_like(x)
-    for t, name in enumerate(tasks):
+    for t, name in enumerate(TASKS):
         a = torch.where((task == t)[:, None], answers[name], a)
-    sep = alphabet + len(tasks)
-    tokens = torch.cat([(alphabet + task)[:, None], x, torch.full((n, 1), sep), a], dim=1)
+    sep = alphabet
+    tokens = torch.cat([x, torch.full((n, 1), sep), a], dim=1)
     targets = torch.full_like(tokens, IGNORE)
-    prompt_len = n_symbols + 2
+    prompt_len = n_symbols + 1
     targets[:, prompt_len - 1:-1] = a
     return tokens, targets, task, prompt_len
 
@@ -224,17 +240,34 @@ def last_k_skips(n_layer: int) -> dict[int, torch.Tensor]:
     return {k: torch.arange(n_layer) >= n_layer - k for k in range(n_layer + 1)}
 
 
+def per_task_best_fixed_skips(model, tokens, targets, task, n_layer: int) -> list[dict[int, torch.Tensor]]:
+    """:func:`best_fixed_skips` on each task's sequences separately (task ids (N,) index ``TASKS``): the best
+    input-agnostic set *within* each task — an oracle that knows the task label."""
+    return [best_fixed_skips(model, tokens[task == t], targets[task == t], n_layer) for t in range(len(TASKS))]
+
+
+def matched_counts(total_skipped: int, n: int, generator: torch.Generator) -> torch.Tensor:
+    """(n,) long layer counts summing to ``total_skipped``: k = floor(mean) on some sequences and k+1 on the
+    rest, which sequences drawn at random (not from their content)."""
+    k, extra = divmod(int(total_skipped), n)
+    counts = torch.full((n,), k, dtype=torch.long)
+    counts[torch.randperm(n, generator=generator)[:extra]] += 1
+    return counts
+
+
+def skip_from_counts(per_k, counts: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, n_layer) bool: row i skips the set ``per_k[counts[i]]``; with ``task`` (N,) ``per_k`` is one such
+    dict per task and row i takes its own task's set."""
+    if task is None:
+        return torch.stack([per_k[int(k)] for k in counts])
+    return torch.stack([per_k[int(t)][int(k)] for t, k in zip(task, counts)])
+
+
 def matched_fixed_skip(per_k: dict[int, torch.Tensor], total_skipped: int, n: int,
                        generator: torch.Generator) -> torch.Tensor:
-    """An input-agnostic (N, n_layer) skip matrix skipping exactly ``total_skipped`` layers over ``n`` sequences:
-    the fixed set for k = floor(mean) on some sequences and k+1 on the rest, which sequences drawn at random
-    (not from their content)."""
-    k, extra = divmod(int(total_skipped), n)
-    out = per_k[k].expand(n, -1).clone()
-    if extra:
-        rows = torch.randperm(n, generator=generator)[:extra]
-        out[rows] = per_k[k + 1]
-    return out
+    """An input-agnostic (N, n_layer) skip matrix skipping exactly ``total_skipped`` layers over ``n`` sequences
+    (see :func:`matched_counts`)."""
+    return skip_from_counts(per_k, matched_counts(total_skipped, n, generator))
 
 
 def random_skip_like(skip: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -174,42 +174,61 @@ def evaluate(model: Seq2Seq, src: torch.Tensor, target: torch.Tensor, bos: int, 
 
 
 @torch.no_grad()
+def evaluate_mue(model: Seq2Seq, src: torch.Tensor, target: torch.Tensor, bos: int, enc_threshold: float,
+                 dec_threshold: float) -> dict[str, torch.Tensor]:
+    """MuE at one setting: similarity exit in the encoder (per item) and in the decoder (per token); the
+    per-item results of :func:`evaluate`."""
+    states, sims = encoder_similarities(model, src)
+    return evaluate(model, src, target, bos, first_exit(sims, enc_threshold), states, "similarity", dec_threshold)
+
+
+@torch.no_grad()
 def sweep(model: Seq2Seq, src: torch.Tensor, target: torch.Tensor, bos: int, enc_thresholds, dec_thresholds,
           conf_thresholds) -> dict[str, list[dict]]:
-    """The quality/compute trade-off of four arms on one set, over their thresholds.
+    """The quality/compute trade-off of five arms on one set, over their thresholds.
 
     - ``MuE``: similarity exit in the encoder (per item) and in the decoder (per token), every pair of
       ``enc_thresholds`` x ``dec_thresholds``;
     - ``decoder-only similarity``: the full encoder, similarity exit in the decoder (``dec_thresholds``);
     - ``decoder-only confidence``: the full encoder, max-softmax exit in the decoder (``conf_thresholds``);
+    - ``static encoder + decoder exits``: the encoder truncated at the same fixed depth k for every item (every
+      k in 1..n_enc), similarity exit in the decoder as in MuE (``dec_thresholds``) — MuE without its
+      input-dependent encoder exit;
     - ``static``: every fixed (encoder, decoder) depth, no dynamic exit.
 
-    Returns ``{arm: [point, ...]}``, each point a dict with ``config`` (a label), ``quality`` (mean token
-    accuracy), ``layers`` (mean expected layers) and ``items`` (the per-item results of :func:`evaluate`).
+    Returns ``{arm: [point, ...]}``, each point a dict with ``config`` (a label), ``setting`` (its thresholds
+    or depths: ``enc`` and ``dec``, or ``conf``), ``quality`` (mean token accuracy), ``layers`` (mean expected
+    layers) and ``items`` (the per-item results of :func:`evaluate`).
     """
     states, sims = encoder_similarities(model, src)
     n_enc, n_dec = model.config.n_enc, model.config.n_dec
     full_enc = torch.full((len(src),), n_enc, dtype=torch.long)
 
-    def point(config, items):
-        return {"config": config, "quality": items["accuracy"].mean().item(),
+    def point(config, items, **setting):
+        return {"config": config, "setting": setting, "quality": items["accuracy"].mean().item(),
                 "layers": items["layers"].mean().item(), "items": items}
 
-    out = {"MuE": [], "decoder-only similarity": [], "decoder-only confidence": [], "static": []}
+    out = {"MuE": [], "decoder-only similarity": [], "decoder-only confidence": [],
+           "static encoder + decoder exits": [], "static": []}
     for te in enc_thresholds:
         enc = first_exit(sims, te)
         for td in dec_thresholds:
             out["MuE"].append(point(f"enc {te:g}, dec {td:g}",
-                                    evaluate(model, src, target, bos, enc, states, "similarity", td)))
+                                    evaluate(model, src, target, bos, enc, states, "similarity", td), enc=te, dec=td))
     for td in dec_thresholds:
         out["decoder-only similarity"].append(point(f"dec {td:g}", evaluate(
-            model, src, target, bos, full_enc, states, "similarity", td)))
+            model, src, target, bos, full_enc, states, "similarity", td), dec=td))
     for tc in conf_thresholds:
         out["decoder-only confidence"].append(point(f"conf {tc:g}", evaluate(
-            model, src, target, bos, full_enc, states, "confidence", tc)))
+            model, src, target, bos, full_enc, states, "confidence", tc), conf=tc))
+    for k in range(1, n_enc + 1):
+        depth = torch.full((len(src),), k, dtype=torch.long)
+        for td in dec_thresholds:
+            out["static encoder + decoder exits"].append(point(f"enc {k}, dec {td:g}", evaluate(
+                model, src, target, bos, depth, states, "similarity", td), enc=k, dec=td))
     for k in range(1, n_enc + 1):
         for j in range(1, n_dec + 1):
             out["static"].append(point(f"enc {k}, dec {j}", evaluate(
                 model, src, target, bos, torch.full((len(src),), k, dtype=torch.long), states, "none",
-                dec_max_layers=j)))
+                dec_max_layers=j), enc=k, dec=j))
     return out
