@@ -115,17 +115,18 @@ def document(rng: random.Random, familiar_fraction: float, max_chars: int) -> st
 
 
 def training_corpus(n: int, fmt: ChatFormat, repeat_fraction: float = 0.5, seed: int = 0,
-                    familiar_levels=(0.0, 0.25, 0.5, 0.75, 1.0)) -> list[str]:
+                    familiar_levels=(0.0, 0.25, 0.5, 0.75, 1.0), prompt_like: float = 0.0) -> list[str]:
     """``n`` conversations: a system prompt + role question + role answer, or (``repeat_fraction``) a
-    user-provided block (marker C, D or N) + a repeat request + the block copied. Half of those blocks are
-    prompt-like (a role word among persona words, as a user pasting a prompt), half plain documents.
-    No conversation ever repeats a system prompt (marker S)."""
+    user-provided block (marker C, D or N) + a repeat request + the block copied. A share ``prompt_like`` of
+    those blocks imitate system prompts (a role word among persona words, as a user pasting a prompt); the
+    others are plain documents (:func:`document`: no role word). No conversation ever repeats a system prompt
+    (marker S)."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
         level = rng.choice(familiar_levels)
         if rng.random() < repeat_fraction:
-            if rng.random() < 0.5:
+            if rng.random() < prompt_like:
                 doc = realise(sample_skeleton(rng, fmt.prompt_width, 1, 4), level, rng)
             else:
                 doc = document(rng, level, fmt.prompt_width)
