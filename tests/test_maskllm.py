@@ -14,7 +14,7 @@ from companion import train
 from companion.methods.parameter_masks import maskllm as se
 from companion.models import GPT, GPTConfig
 from companion.methods.parameter_masks.maskllm import NMLinear, nm_prior_logits_from_mask
-from companion.masks.nm import is_nm, magnitude_nm_mask
+from companion.masks.nm import is_nm, magnitude_nm_mask, wanda_nm_mask
 
 
 def tiny_gpt(seed: int = 0) -> GPT:
@@ -143,3 +143,48 @@ def test_overlap_counts_classify_groups_by_kept_weights_shared_with_the_prior():
     mask = torch.tensor([[1, 1, 0, 0, 1, 0, 1, 0, 0, 0, 1, 1]]).bool()
     assert se.overlap_counts(mask, prior).tolist() == [1, 1, 1]
     assert se.overlap_counts(prior, prior).tolist() == [0, 0, 3]
+
+
+def test_one_shot_masks_gives_valid_masks_of_the_three_baselines_and_only_sparsegpt_updates_weights():
+    model = tiny_gpt()
+    names = se.linear_names(model, lambda n: n.startswith("blocks."))
+    calib = torch.randint(0, 11, (6, 8), generator=torch.Generator().manual_seed(0))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = se.one_shot_masks(model, calib, names)
+    assert set(out) == {"magnitude", "Wanda", "SparseGPT"}
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model is untouched
+    modules = dict(model.named_modules())
+    grams = se.input_grams(model, calib, names)
+    for name in names:
+        w = modules[name].weight
+        assert all(is_nm(out[method][0][name]) for method in out)
+        assert torch.equal(out["magnitude"][0][name], magnitude_nm_mask(w))
+        assert torch.equal(out["Wanda"][0][name], wanda_nm_mask(w, grams[name].diag().sqrt().float()))
+        updated = out["SparseGPT"][1][name]
+        assert torch.equal(out["SparseGPT"][0][name], se.sparsegpt_nm(w, grams[name])[1])
+        assert torch.all(updated[~out["SparseGPT"][0][name]] == 0)
+    assert out["magnitude"][1] is None and out["Wanda"][1] is None
+
+
+def test_continued_dense_training_and_mask_learning_draw_the_same_batches_from_the_same_seed():
+    """The notebook's equal-steps control: both arms see exactly the same training windows in the same order."""
+    x = torch.randint(0, 11, (40, 8), generator=torch.Generator().manual_seed(0))
+    seen = {"dense": [], "mask": []}
+
+    def recording(arm, loss):
+        def fn(m, a, b):
+            seen[arm].append(a.clone())
+            return loss(m, a, b)
+        return fn
+
+    lm = lambda m, a, b: F.cross_entropy(m(a).flatten(0, 1), b.flatten())
+    model = tiny_gpt()
+    train.fit(model, x, x.roll(1, dims=1), 6, batch_size=4, seed=3, device="cpu", loss_fn=recording("dense", lm),
+              progress=False)
+    names = se.linear_names(model, lambda n: n.startswith("blocks."))
+    priors = {n: nm_prior_logits_from_mask(magnitude_nm_mask(dict(model.named_modules())[n].weight)) for n in names}
+    learner = se.sparse_copy(model, prior_logits=priors, generator=torch.Generator().manual_seed(0))
+    objective = se.MaskObjective(recording("mask", lm))
+    train.fit(learner, x, x.roll(1, dims=1), 6, batch_size=4, lr=0.1, seed=3, device="cpu", loss_fn=objective,
+              progress=False)
+    assert len(seen["dense"]) == 6 and all(torch.equal(a, b) for a, b in zip(seen["dense"], seen["mask"]))

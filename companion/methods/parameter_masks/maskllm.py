@@ -4,13 +4,12 @@ Learnable masks: ``NMLinear`` draws its mask from a Gumbel-softmax over the C(m,
 group (``gumbel_softmax_nm_mask``), initialised from a prior (``nm_prior_logits``); ``nm_sparsify`` swaps a
 model's linear layers for ``NMLinear``. Fixed masks and pattern utilities are in ``companion.masks.nm``.
 
-
 Pieces a notebook combines with ``companion.train.fit``: per-window held-out NLL and perplexity, a unigram
 reference, calibration input Gram matrices (Wanda uses their diagonal, SparseGPT all of it), SparseGPT's
-one-shot N:M pruning with its weight update, sparse copies of a model with given masks (and weights),
-:class:`MaskObjective` (the LM loss under linearly annealed Gumbel temperature and logit scale), and summaries
-of learned masks (pattern counts, change against a prior). Masks are **True = keep** (as in
-``companion.masks.nm``).
+one-shot N:M pruning with its weight update, the three one-shot baselines of a model at once
+(:func:`one_shot_masks`), sparse copies of a model with given masks (and weights), :class:`MaskObjective` (the
+LM loss under linearly annealed Gumbel temperature and logit scale), and summaries of learned masks (pattern
+counts, change against a prior). Masks are **True = keep** (as in ``companion.masks.nm``).
 """
 
 from __future__ import annotations
@@ -22,7 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...masks.nm import _check_nm, _groups, is_nm, magnitude_nm_mask, nm_candidate_patterns, pattern_index
+from ...masks.nm import (_check_nm, _groups, is_nm, magnitude_nm_mask, nm_candidate_patterns, pattern_index,
+                         wanda_nm_mask)
 from ...train import Objective, predict
 
 
@@ -227,6 +227,25 @@ def sparsegpt_nm(weight: torch.Tensor, gram: torch.Tensor, n: int = 2, m: int = 
 def linear_names(model: nn.Module, include=None) -> list[str]:
     """Qualified names of the ``nn.Linear`` modules passing ``include(name)`` (default: all)."""
     return [n for n, mod in model.named_modules() if isinstance(mod, nn.Linear) and (include is None or include(n))]
+
+
+def one_shot_masks(model: nn.Module, calib: torch.Tensor, layers: list[str], n: int = 2, m: int = 4,
+                   batch_size: int = 128) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]]:
+    """The three one-shot N:M baselines of the named linears of ``model``, calibrated on token windows ``calib``
+    (k, T): ``{"magnitude", "Wanda", "SparseGPT"}`` → ``(masks, weights)``, where ``masks`` {name: bool (out, in)}
+    and ``weights`` {name: (out, in)} are SparseGPT's updated weights (``None`` for the two that keep the dense
+    weights). Wanda scores |W_ij| by the norm of input feature j over the calibration tokens (the square root of
+    the Gram diagonal); every layer is calibrated on the dense model's activations."""
+    modules = dict(model.named_modules())
+    weights = {name: modules[name].weight.detach() for name in layers}
+    device = next(model.parameters()).device
+    grams = input_grams(model, calib.to(device), layers, batch_size=batch_size)
+    sparsegpt = {name: sparsegpt_nm(w, grams[name], n, m) for name, w in weights.items()}  # (weight, mask)
+    return {"magnitude": ({name: magnitude_nm_mask(w, n, m) for name, w in weights.items()}, None),
+            "Wanda": ({name: wanda_nm_mask(w, grams[name].diag().sqrt().float(), n, m)
+                       for name, w in weights.items()}, None),
+            "SparseGPT": ({name: keep for name, (_, keep) in sparsegpt.items()},
+                          {name: w for name, (w, _) in sparsegpt.items()})}
 
 
 def sparse_copy(model: nn.Module, masks: dict[str, torch.Tensor] | None = None, prior_logits=None,
