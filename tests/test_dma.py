@@ -1,5 +1,6 @@
 """Tests of companion.methods.sequence.dma: DMA keeps exactly w causal keys per query, equals dense attention when w
-covers the sequence, trains its gate, and the MQAR bookkeeping finds each answer. Bool masks: True = kept."""
+covers the sequence, trains its gate (initialised as in the official code), keeps as many keys as the static
+patterns it is compared with, and the MQAR bookkeeping finds each answer. Bool masks: True = kept."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from companion.data import sequences
 from companion.methods.sequence.dma import DynamicMask, answer_selected, attended_key_fraction, mqar_answers, query_correct, selection_stats, window_fraction
 from companion.models.gpt import GPT, GPTConfig, KVCache
-from companion.masks.attention import causal_mask, sliding_window_mask
+from companion.masks.attention import causal_mask, random_mask, sliding_window_mask
 
 
 def _model(window, seq=16, seed=0, n_layer=2, **kw):
@@ -97,3 +98,22 @@ def test_bad_arguments_are_rejected():
         DynamicMask(1, 16, 2, 0)
     with pytest.raises(ValueError, match="form"):
         DynamicMask(1, 16, 2, 4, form="cubic")
+
+
+def test_gate_starts_as_in_the_official_code_near_zero_unless_asked():
+    """flash-dmattn's Doge model creates A as zeros and re-initialises it N(0, initializer_range = 0.02)."""
+    torch.manual_seed(0)
+    a = DynamicMask(64, 16, 4, 4).A
+    assert a.shape == (64, 4) and abs(a.mean().item()) < 0.01 and 0.015 < a.std().item() < 0.025
+    assert torch.equal(DynamicMask(2, 16, 2, 4, a_init=1.0, a_std=0.0).A, torch.ones(2, 2))
+
+
+def test_dma_keeps_as_many_keys_per_query_as_the_static_patterns():
+    """The notebook's comparisons are at equal attended keys: DMA, SWA and the random pattern keep min(w, p + 1)."""
+    m = _model(window=3, seq=16)
+    m(torch.randint(0, 20, (2, 16), generator=torch.Generator().manual_seed(8)))
+    counts = m.attn_qkv_fn.last_keep[0].sum(-1)  # (N,H,L)
+    rand = random_mask(16, 3, n_head=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(counts, rand.sum(-1).expand_as(counts))
+    assert torch.equal(counts[0, 0], sliding_window_mask(16, 3).sum(-1))
+    assert attended_key_fraction(rand) == attended_key_fraction(m.attn_qkv_fn.last_keep[0]) == window_fraction(16, 3)

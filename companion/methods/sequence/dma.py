@@ -27,12 +27,14 @@ class DynamicMask(nn.Module):
     """The DMA content hook: per-layer value-derived key bias plus causal top-``window`` selection.
 
     ``form="linear"`` gives ``A * softplus(dt)`` (the official code's stable form), ``"exp"`` the paper's
-    ``exp(A * softplus(dt))``. ``last_keep[layer]`` holds the (N,H,L,K) bool selection of the latest forward
+    ``exp(A * softplus(dt))``. ``A`` (n_layer, n_head) starts at ``a_init + a_std * N(0, 1)``; the defaults
+    are the official code's (flash-dmattn's Doge model: zeros, re-initialised N(0, 0.02)).
+    ``last_keep[layer]`` holds the (N,H,L,K) bool selection of the latest forward
     and ``last_bias[layer]`` the (N,H,K) key bias, both detached (for heatmaps and FLOP counts).
     """
 
-    def __init__(self, n_layer: int, n_embd: int, n_head: int, window: int, a_init: float = 1.0,
-                 form: str = "linear"):
+    def __init__(self, n_layer: int, n_embd: int, n_head: int, window: int, a_init: float = 0.0,
+                 a_std: float = 0.02, form: str = "linear"):
         super().__init__()
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
@@ -40,7 +42,7 @@ class DynamicMask(nn.Module):
             raise ValueError(f"form must be 'linear' or 'exp', got {form!r}")
         self.window, self.form, self.n_head = window, form, n_head
         self.dt_proj = nn.ModuleList(nn.Linear(n_embd, n_head) for _ in range(n_layer))
-        self.A = nn.Parameter(torch.full((n_layer, n_head), float(a_init)))
+        self.A = nn.Parameter(a_init + a_std * torch.randn(n_layer, n_head))
         self.last_keep: dict[int, torch.Tensor] = {}
         self.last_bias: dict[int, torch.Tensor] = {}
 
