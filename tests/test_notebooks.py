@@ -143,8 +143,10 @@ def test_nbval_rerun_gives_identical_claims(run):
 
 
 def test_a_two_seed_sweep_of_a_real_notebook_writes_stability(tmp_path, one_thread_per_kernel):
-    """`companion run dma --seeds 0,1`: each seed in its own folder, stability.json with every claim's verdicts."""
-    results, doc = runner.sweep("dma", [0, 1], out_dir=tmp_path / "dma", jobs=1, progress_bar=False)
+    """`companion run dma --seeds 0,1 -p train_steps 40`: each seed in its own folder, stability.json with every
+    claim's verdicts (few steps: this checks the sweep, not the verdicts)."""
+    results, doc = runner.sweep("dma", [0, 1], overrides={"train_steps": 40}, out_dir=tmp_path / "dma", jobs=1,
+                                progress_bar=False)
     assert [r.ok for r in results] == [True, True], [r.error for r in results]
     assert doc == json.loads((tmp_path / "dma" / "stability.json").read_text())
     assert doc["seeds"] == [0, 1] and doc["runs"] == {"0": "seed-0", "1": "seed-1"}
