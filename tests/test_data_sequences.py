@@ -141,6 +141,31 @@ def test_multi_doc_retrieval_places_the_gold_document_and_answers_with_its_value
         multi_doc_retrieval(3, num_docs=40)
 
 
+def test_multi_doc_retrieval_can_ask_several_distinct_questions_the_gold_one_first():
+    from companion.data.sequences import multi_doc_retrieval
+
+    gold = torch.arange(40) % 5
+    one = multi_doc_retrieval(40, num_docs=5, value_len=2, filler_len=1, gold_position=gold,
+                              generator=torch.Generator().manual_seed(3))
+    r = multi_doc_retrieval(40, num_docs=5, value_len=2, filler_len=1, gold_position=gold,
+                            generator=torch.Generator().manual_seed(3), num_questions=3)
+    ctx = 20
+    assert r.tokens.shape == (40, ctx + 3 * 4) and torch.equal(r.tokens[:, :ctx + 4], one.tokens)  # same prefix
+    assert torch.equal(r.gold_mask[:, :ctx], one.gold_mask[:, :ctx]) and torch.equal(r.gold, gold)
+    docs = r.tokens[:, :ctx].view(40, 5, 4)
+    asked = r.tokens[:, ctx + 1::4]  # (40, 3) the question keys
+    assert (r.tokens[:, ctx::4] == r.vocab_size - 1).all()  # each question starts with QUERY
+    assert all(len(set(k.tolist())) == 3 for k in asked)  # distinct questions
+    for i in range(40):
+        for j, key in enumerate(asked[i].tolist()):
+            d = docs[i, :, 0].tolist().index(key)
+            assert j > 0 or d == gold[i]
+            assert torch.equal(r.targets[i, ctx + 4 * j + 1:ctx + 4 * j + 3], docs[i, d, 1:3])
+    assert (r.targets != -100).sum(1).eq(6).all()
+    with pytest.raises(ValueError, match="num_questions"):
+        multi_doc_retrieval(3, num_docs=4, num_questions=5)
+
+
 def test_needle_haystack_hides_one_needle_at_the_requested_depth():
     from companion.data.sequences import needle_haystack
 

@@ -19,21 +19,24 @@ def test_num_masked_follows_the_official_rounding():
         meap.num_masked(10, 1.0)
 
 
-@pytest.mark.parametrize("shared", [False, True])
-def test_mask_inputs_masks_exactly_k_eligible_positions_and_leaves_the_input_intact(shared):
+def test_mask_inputs_masks_a_share_of_the_sequence_among_eligible_positions_and_leaves_the_input_intact():
     tokens = torch.randint(0, 50, (64, 40), generator=torch.Generator().manual_seed(0))
     before = tokens.clone()
     maskable = torch.arange(40) < 30
-    out, masked = meap.mask_inputs(tokens, 0.15, 99, maskable, shared=shared,
-                                   generator=torch.Generator().manual_seed(1))
+    out, masked = meap.mask_inputs(tokens, 0.15, 99, maskable, generator=torch.Generator().manual_seed(1))
     assert torch.equal(tokens, before)  # the caller's tokens (and targets built from them) are untouched
-    assert masked.sum(1).eq(4).all()  # int(30 * 0.15) = 4 per row
+    assert masked.sum(1).eq(6).all()  # int(40 * 0.15) = 6 per row, as int(block_size * ratio) officially
     assert not masked[:, 30:].any()  # only eligible positions
     assert (out[masked] == 99).all() and torch.equal(out[~masked], tokens[~masked])
-    if shared:
-        assert (masked == masked[:1]).all()  # one set of positions for the whole batch
-    else:
-        assert len({tuple(r.nonzero().flatten().tolist()) for r in masked}) > 1
+    assert len({tuple(r.nonzero().flatten().tolist()) for r in masked}) > 1  # drawn per row
+    per_row = torch.ones(64, 40, dtype=torch.bool)
+    per_row[:, :10] = False
+    per_row[0, :] = False
+    per_row[0, 5:11] = True  # row 0: exactly the 6 positions 5..10
+    _, masked = meap.mask_inputs(tokens, 0.15, 99, per_row, generator=torch.Generator().manual_seed(2))
+    assert masked[0].nonzero().flatten().tolist() == list(range(5, 11)) and not masked[1:, :10].any()
+    with pytest.raises(ValueError, match="at least 6"):
+        meap.mask_inputs(tokens, 0.15, 99, torch.arange(40) < 5)
 
 
 def test_mask_inputs_is_deterministic_in_the_generator():
@@ -46,6 +49,11 @@ def test_mask_inputs_is_deterministic_in_the_generator():
         meap.mask_inputs(tokens, 0.2, -1, maskable=torch.ones(5, dtype=torch.bool))
 
 
+def test_lm_targets_are_the_next_token_everywhere():
+    tokens = torch.tensor([[5, 6, 7, 8]])
+    assert meap.lm_targets(tokens).tolist() == [[6, 7, 8, IGNORE]]
+
+
 def test_meap_loss_masks_inputs_but_scores_the_unmasked_targets():
     seen = []
 
@@ -55,11 +63,13 @@ def test_meap_loss_masks_inputs_but_scores_the_unmasked_targets():
             return torch.zeros(*x.shape, 8)
 
     x = torch.randint(0, 7, (4, 10), generator=torch.Generator().manual_seed(0))
-    y = torch.full_like(x, IGNORE)
-    y[:, -1] = 3
-    loss_fn = meap.meap_loss_fn(0.2, 7, seed=0)
+    y = meap.lm_targets(x)
+    protect = torch.zeros(4, 10, dtype=torch.bool)
+    protect[:, :5] = True
+    loss_fn = meap.meap_loss_fn(0.2, 7, protect=lambda xb: protect, seed=0)
     loss = loss_fn(Spy(), x, y)
     assert seen[0].eq(7).sum(1).eq(2).all() and not x.eq(7).any()
+    assert not seen[0][:, :5].eq(7).any()  # protected positions are never masked
     assert torch.isclose(loss, torch.log(torch.tensor(8.0)))  # uniform logits against the kept targets
     assert torch.isclose(meap.next_token_loss(Spy(), x, y), loss)
     assert torch.equal(seen[1], x)  # plain NTP sees the unmasked input
@@ -106,16 +116,26 @@ def test_retrieval_task_positions_and_evaluation_shapes():
     assert 0 <= r["layer"] < 2 and ((r["gold_share"] >= 0) & (r["gold_share"] <= 1 + 1e-6)).all()
 
 
-def test_evidence_hidden_flags_prompts_whose_gold_key_or_value_is_masked():
-    for task in meap.TASKS:
-        batch, _ = meap.retrieval_task(task, 3, 4, position=torch.tensor([0, 1, 3]), value_len=2, filler_len=1,
-                                       generator=torch.Generator().manual_seed(0))
-        start = batch.gold_mask.int().argmax(1)
-        masked = torch.zeros_like(batch.tokens, dtype=torch.bool)
-        masked[0, start[0]] = True  # the gold key
-        masked[1, start[1] + 2] = True  # the gold value's last token
-        assert meap.evidence_hidden(batch, masked, value_len=2).tolist() == [True, True, False]
-        if task == "documents":  # masking the gold document's filler hides nothing
-            masked = torch.zeros_like(masked)
-            masked[2, start[2] + 3] = True
-            assert not meap.evidence_hidden(batch, masked, value_len=2).any()
+def test_evidence_marks_the_asked_facts_and_protected_masks_never_hide_them():
+    batch, _ = meap.retrieval_task("documents", 200, 6, value_len=2, filler_len=1, num_questions=3,
+                                   generator=torch.Generator().manual_seed(0))
+    ctx, step = batch.context_len, 4
+    need = meap.evidence(batch.tokens, ctx, 2)
+    docs = batch.tokens[:, :ctx].view(200, 6, 4)
+    asked = (docs[..., :1] == batch.tokens[:, None, ctx + 1::step]).any(-1)  # (N, 6) documents asked about
+    expected = asked[..., None].expand(200, 6, 4).clone()
+    expected[..., 3] = False  # filler is not evidence
+    assert torch.equal(need[:, :ctx], expected.flatten(1))
+    assert need[:, ctx:].nonzero()[:, 1].unique().tolist() == [1, 1 + step, 1 + 2 * step]  # question keys
+    assert need.sum(1).eq(3 * 3 + 3).all()  # 3 asked documents x (key + 2 values) + 3 question keys
+    assert (need & batch.gold_mask).sum(1).eq(3).all()  # the gold document (asked first) is evidence
+    # unrestricted masks hide evidence in some prompts; masks that avoid it never do
+    _, free = meap.mask_inputs(batch.tokens, 0.15, 99, generator=torch.Generator().manual_seed(1))
+    assert meap.evidence_hidden(batch.tokens, free, ctx, 2).any()
+    _, kept = meap.mask_inputs(batch.tokens, 0.15, 99, ~need, generator=torch.Generator().manual_seed(1))
+    assert not meap.evidence_hidden(batch.tokens, kept, ctx, 2).any()
+    for task in meap.TASKS:  # the needle: its key and value, and the question's key
+        b, _ = meap.retrieval_task(task, 3, 4, position=torch.tensor([0, 1, 3]), value_len=2, filler_len=1,
+                                   generator=torch.Generator().manual_seed(0))
+        need = meap.evidence(b.tokens, b.context_len, 2)
+        assert torch.equal(need[:, :b.context_len], b.gold_mask[:, :b.context_len] & (b.tokens[:, :b.context_len] < 64))

@@ -196,13 +196,17 @@ def _retrieval_vocab(num_keys: int, num_values: int, num_filler: int) -> tuple[i
 
 
 def _with_question(context: torch.Tensor, gold_key: torch.Tensor, gold_value: torch.Tensor, query: int):
-    """Append ``QUERY key value...`` to the context; targets: the answer tokens (next-token convention)."""
+    """Append one ``QUERY key value...`` question per key to the context: keys (n,) or (n, Q), values (n, m) or
+    (n, Q, m); targets: the answer tokens (next-token convention)."""
     n, ctx = context.shape
-    q = torch.full((n, 1), query, dtype=torch.long)
-    tokens = torch.cat([context, q, gold_key[:, None], gold_value], dim=1)
+    keys = gold_key.reshape(n, -1)  # (n, Q)
+    values = gold_value.reshape(n, keys.shape[1], -1)  # (n, Q, m)
+    m, step = values.shape[-1], 2 + values.shape[-1]
+    questions = torch.cat([torch.full_like(keys, query)[..., None], keys[..., None], values], dim=-1)
+    tokens = torch.cat([context, questions.flatten(1)], dim=1)
     targets = torch.full_like(tokens, IGNORE)
-    m = gold_value.shape[1]
-    targets[:, ctx + 1:ctx + 1 + m] = gold_value  # the query key predicts v1, v1 predicts v2, ...
+    for j in range(keys.shape[1]):  # the query key predicts v1, v1 predicts v2, ...
+        targets[:, ctx + j * step + 1:ctx + j * step + 1 + m] = values[:, j]
     return tokens, targets
 
 
@@ -218,18 +222,22 @@ def _positions(position, n: int, high: int, g: torch.Generator, name: str) -> to
 
 def multi_doc_retrieval(n: int, num_docs: int = 8, value_len: int = 1, filler_len: int = 0, num_keys: int = 32,
                         num_values: int = 32, num_filler: int = 16, gold_position=None,
-                        generator: torch.Generator | None = None) -> Retrieval:
+                        generator: torch.Generator | None = None, num_questions: int = 1) -> Retrieval:
     """Multi-document question answering with one gold document among distractors ("lost in the middle").
 
     The context is ``num_docs`` documents of ``1 + value_len + filler_len`` tokens: a key (distinct within a
     sequence, from ``[0, num_keys)``), its value (``value_len`` tokens from the value range) and filler. Then
     ``QUERY`` and the gold document's key; the answer is that document's value. ``gold_position`` (document
     index in ``[0, num_docs)``: an int, an (n,) tensor, or None for uniform) places the gold document.
-    Chance exact-match accuracy is ``num_values ** -value_len``.
+    ``num_questions > 1`` appends further ``QUERY key value...`` questions about other documents (distinct, in
+    random order; each ``2 + value_len`` tokens, all answers in the targets); ``gold`` and ``gold_mask`` refer
+    to the first. Chance exact-match accuracy is ``num_values ** -value_len``.
     """
     v0, f0, query = _retrieval_vocab(num_keys, num_values, num_filler)
     if not 1 <= num_docs <= num_keys:
         raise ValueError(f"num_docs must be in [1, num_keys={num_keys}], got {num_docs}")
+    if not 1 <= num_questions <= num_docs:
+        raise ValueError(f"num_questions must be in [1, num_docs={num_docs}], got {num_questions}")
     if value_len < 1 or filler_len < 0 or (filler_len and not num_filler):
         raise ValueError(f"need value_len >= 1 and filler_len >= 0 (filler needs num_filler >= 1), got "
                          f"value_len={value_len}, filler_len={filler_len}, num_filler={num_filler}")
@@ -241,8 +249,12 @@ def multi_doc_retrieval(n: int, num_docs: int = 8, value_len: int = 1, filler_le
         torch.empty(n, num_docs, 0, dtype=torch.long)
     docs = torch.cat([keys[..., None], values, filler], dim=-1)  # (n, D, doc_len)
     doc_len = docs.shape[-1]
-    rows = torch.arange(n)
-    tokens, targets = _with_question(docs.flatten(1), keys[rows, gold], values[rows, gold], query)
+    asked = gold[:, None]  # (n, Q) the documents asked about, the gold one first
+    if num_questions > 1:
+        others = torch.rand(n, num_docs, generator=g).scatter(1, asked, 2.0).argsort(-1)[:, :num_questions - 1]
+        asked = torch.cat([asked, others], dim=1)
+    rows = torch.arange(n)[:, None]
+    tokens, targets = _with_question(docs.flatten(1), keys[rows, asked], values[rows, asked], query)
     gold_mask = torch.zeros_like(tokens, dtype=torch.bool)
     in_gold = (torch.arange(num_docs * doc_len)[None] // doc_len) == gold[:, None]
     gold_mask[:, :num_docs * doc_len] = in_gold

@@ -1,8 +1,10 @@
 """MEAP (Mask-Enhanced Autoregressive Prediction): next-token training on inputs with a few tokens masked.
 
-MEAP replaces a small share of the **input** tokens with a ``[MASK]`` token and trains the ordinary causal
-next-token loss against the **unmasked** targets: no extra compute, no bidirectional attention, no change to
-the model beyond one extra embedding row. Nothing is masked at evaluation. The paper credits the gain in key
+MEAP's pretraining recipe (the one implemented here) replaces a small share of the **input** tokens with a
+``[MASK]`` token and trains the ordinary causal next-token loss on every position (:func:`lm_targets`) against
+the **unmasked** targets: no extra compute, no bidirectional attention, no change to the model beyond one
+extra embedding row. Nothing is masked at evaluation. (The paper's fine-tuning recipe, a second, masked copy
+of each sample, is not implemented.) The paper credits the gain in key
 information retrieval to *more distinguishable attention*; :func:`attention_focus` measures it.
 
 Mask convention in this module: a bool ``masked`` tensor is **True = this input token was replaced**.
@@ -29,27 +31,54 @@ def num_masked(length: int, ratio: float) -> int:
 
 
 def mask_inputs(tokens: torch.Tensor, ratio: float, mask_token: int, maskable: torch.Tensor | None = None,
-                shared: bool = False, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Replace ``num_masked(E, ratio)`` random eligible positions of each row by ``mask_token``.
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace ``num_masked(T, ratio)`` random eligible positions of each row by ``mask_token``.
 
-    tokens (N, T) long; ``maskable`` (T,) bool, True = may be masked (default: every position), E = its count;
-    ``shared=True`` draws one set of positions for the whole batch (the official pretraining code), otherwise
-    each row draws its own. Returns (masked tokens (N, T), masked (N, T) bool). ``tokens`` is not modified, so
-    the targets built from it stay the unmasked sequence.
+    tokens (N, T) long; ``maskable`` (T,) or (N, T) bool, True = may be masked (default: every position). The
+    count is a share of the whole sequence, as the official pretraining code (``int(block_size * ratio)``),
+    drawn among each row's eligible positions (each row must have that many). Returns (masked tokens (N, T),
+    masked (N, T) bool). ``tokens`` is not modified, so the targets built from it stay the unmasked sequence.
     """
     n, length = tokens.shape
-    maskable = torch.ones(length, dtype=torch.bool) if maskable is None else maskable.to(torch.bool).cpu()
-    if maskable.shape != (length,):
-        raise ValueError(f"maskable must have shape ({length},), got {tuple(maskable.shape)}")
-    eligible = maskable.nonzero().flatten()  # (E,)
-    k = num_masked(len(eligible), ratio)
+    allowed = torch.ones(n, length, dtype=torch.bool) if maskable is None else maskable.to(torch.bool).cpu()
+    if allowed.shape not in ((length,), (n, length)):
+        raise ValueError(f"maskable must have shape ({length},) or ({n}, {length}), got {tuple(allowed.shape)}")
+    allowed = allowed.expand(n, length)
+    k = num_masked(length, ratio)
+    if (allowed.sum(1) < k).any():
+        raise ValueError(f"every row needs at least {k} maskable positions")
     masked = torch.zeros(n, length, dtype=torch.bool)
     if k:
-        rows = 1 if shared else n
-        pick = torch.rand(rows, len(eligible), generator=generator).argsort(-1)[:, :k]  # (rows, k)
-        masked[torch.arange(n)[:, None], eligible[pick].expand(n, k)] = True
+        score = torch.rand(n, length, generator=generator).masked_fill(~allowed, 2.0)  # ineligible sort last
+        masked.scatter_(1, score.argsort(1)[:, :k], True)
     masked = masked.to(tokens.device)
     return tokens.masked_fill(masked, mask_token), masked
+
+
+def lm_targets(tokens: torch.Tensor) -> torch.Tensor:
+    """(N, T) next-token targets on every position (the pretraining loss): ``tokens[:, t + 1]``, -100 last."""
+    targets = torch.full_like(tokens, IGNORE)
+    targets[:, :-1] = tokens[:, 1:]
+    return targets
+
+
+def evidence(tokens: torch.Tensor, context_len: int, value_len: int) -> torch.Tensor:
+    """(N, T) bool, True on what the prompt's questions need: each question's key and, in the context, the
+    key and value tokens it asks about (the only copy of that fact).
+
+    tokens (N, T) from :func:`retrieval_task`: a context of ``context_len`` tokens, then questions of
+    ``2 + value_len`` tokens (``QUERY key value...``); keys are the only ids shared by context and questions.
+    Computed from the tokens alone, so a training loss can protect these positions from masking.
+    """
+    n, length = tokens.shape
+    step = 2 + value_len
+    key_pos = torch.arange(context_len + 1, length, step)  # (Q,) each question's key
+    hit = (tokens[:, :context_len, None] == tokens[:, None, key_pos]).any(-1)  # (N, ctx) asked keys in context
+    needed = torch.zeros(n, length, dtype=torch.bool, device=tokens.device)
+    for j in range(1 + value_len):  # the key and the value tokens after it
+        needed[:, j:context_len] |= hit[:, :context_len - j]
+    needed[:, key_pos] = True
+    return needed
 
 
 def next_token_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -57,15 +86,19 @@ def next_token_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=IGNORE)
 
 
-def meap_loss_fn(ratio: float, mask_token: int, maskable: torch.Tensor | None = None, shared: bool = False,
-                 seed: int = 0) -> Callable:
+def meap_loss_fn(ratio: float, mask_token: int, maskable: torch.Tensor | None = None,
+                 protect: Callable[[torch.Tensor], torch.Tensor] | None = None, seed: int = 0) -> Callable:
     """A ``loss_fn(model, x, y)`` for :func:`companion.train.fit`: mask the inputs (own seeded generator, so
     the minibatches drawn by ``fit`` stay those of the plain next-token run), then :func:`next_token_loss`
-    against the unchanged targets."""
+    against the unchanged targets. ``maskable`` (T,) bool limits where masks may go; ``protect(x)`` (N, T) bool
+    marks positions never masked in that batch (e.g. :func:`evidence`, so every target stays inferable)."""
     g = torch.Generator().manual_seed(seed)
 
     def loss_fn(model, x, y):
-        masked_x, _ = mask_inputs(x, ratio, mask_token, maskable, shared, g)
+        allowed = torch.ones(x.shape, dtype=torch.bool) if maskable is None else maskable.cpu().expand(x.shape)
+        if protect is not None:
+            allowed = allowed & ~protect(x).cpu()
+        masked_x, _ = mask_inputs(x, ratio, mask_token, allowed, g)
         return next_token_loss(model, masked_x, y)
 
     return loss_fn
@@ -107,40 +140,38 @@ def attention_focus(att: torch.Tensor, query_pos: int, gold_mask: torch.Tensor,
     return {"gold_share": share.mean(1).cpu(), "entropy": entropy.mean(1).cpu()}
 
 
-def evidence_hidden(batch: seqdata.Retrieval, masked: torch.Tensor, value_len: int) -> torch.Tensor:
-    """(N,) bool: the mask hides the gold key or one of its value tokens, the only copy of the evidence in the
-    prompt, so the (unchanged) training answer cannot be inferred from MEAP's input.
-
-    ``batch`` from :func:`retrieval_task` (the gold span starts with its key, then ``value_len`` value tokens);
-    ``masked`` (N, T) bool, True = replaced (from :func:`mask_inputs`).
-    """
-    first = batch.gold_mask.int().argmax(1)  # (N,) the gold key's position
-    evidence = first[:, None] + torch.arange(1 + value_len)  # (N, 1 + value_len)
-    return masked.to(torch.bool).cpu().gather(1, evidence).any(1)
+def evidence_hidden(tokens: torch.Tensor, masked: torch.Tensor, context_len: int, value_len: int) -> torch.Tensor:
+    """(N,) bool: the mask hides part of the :func:`evidence` (a question's key, or the only copy of an asked
+    key or value in the context), so some (unchanged) target cannot be inferred from the masked input.
+    ``masked`` (N, T) bool, True = replaced (from :func:`mask_inputs`)."""
+    return (masked.to(torch.bool).cpu() & evidence(tokens, context_len, value_len).cpu()).any(1)
 
 
 TASKS = ("documents", "needle")
 
 
 def retrieval_task(task: str, n: int, num_positions: int, position=None, value_len: int = 1, filler_len: int = 2,
-                   generator: torch.Generator | None = None, **kwargs) -> tuple[seqdata.Retrieval, torch.Tensor]:
+                   generator: torch.Generator | None = None, num_questions: int = 1,
+                   **kwargs) -> tuple[seqdata.Retrieval, torch.Tensor]:
     """A retrieval batch whose gold information sits at one of ``num_positions`` positions.
 
     ``documents``: :func:`seqdata.multi_doc_retrieval` with ``num_positions`` documents of
     ``1 + value_len + filler_len`` tokens, position = gold document. ``needle``: :func:`seqdata.needle_haystack`
     with a haystack of the same length and the needle at ``num_positions`` evenly spaced depths (position 0 =
     start, ``num_positions - 1`` = as late as it fits). ``position`` None = uniform, else an int or (n,)
-    tensor. Returns (batch, position (n,)).
+    tensor. ``num_questions`` (documents only): questions per prompt, the gold one first (a pretraining corpus
+    where retrieval is most of what can be predicted). Returns (batch, position (n,)).
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     if task == "documents":
         r = seqdata.multi_doc_retrieval(n, num_positions, value_len, filler_len, gold_position=position,
-                                        generator=g, **kwargs)
+                                        generator=g, num_questions=num_questions, **kwargs)
         return r, r.gold
-    if num_positions < 2:
-        raise ValueError(f"the needle task needs num_positions >= 2, got {num_positions}")
+    if num_positions < 2 or num_questions != 1:
+        raise ValueError(f"the needle task needs num_positions >= 2 and one question, got {num_positions}, "
+                         f"{num_questions}")
     context_len = num_positions * (1 + value_len + filler_len)
     pos = torch.randint(0, num_positions, (n,), generator=g) if position is None else \
         torch.as_tensor(position, dtype=torch.long).expand(n).clone()
