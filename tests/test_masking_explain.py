@@ -129,6 +129,24 @@ def test_lime_segments_is_captums_lime_over_the_keep_vector(model, image):
     assert torch.allclose(ours, expected.reshape(S), atol=1e-6)
 
 
+def test_lime_kernel_width_is_captums_exponential_kernel_width(model, image):
+    """kernel_width=0.25 (the lime package's image default, used by the paper's code) = captum's cosine
+    exponential kernel of width 0.25, and it changes the attribution."""
+    from captum._utils.models.linear_model import SkLearnRidge
+    from captum.attr import Lime
+    from captum.attr._core.lime import get_exp_kernel_similarity_function
+
+    forward = explain.segment_forward(model, grid_segments(), "black", 0, fill_apply)
+    torch.manual_seed(3)
+    expected = Lime(forward, interpretable_model=SkLearnRidge(alpha=1.0),
+                    similarity_func=get_exp_kernel_similarity_function("cosine", kernel_width=0.25)).attribute(
+        torch.ones(1, S), baselines=0.0, additional_forward_args=(image,), n_samples=80, perturbations_per_eval=20,
+        return_input_shape=False)
+    ours = lime(model, image, n_samples=80, batch_size=20, seed=3, target=0, kernel_width=0.25)
+    assert torch.allclose(ours, expected.reshape(S), atol=1e-6)
+    assert not torch.allclose(ours, lime(model, image, n_samples=80, batch_size=20, seed=3, target=0), atol=1e-4)
+
+
 def test_lime_explains_the_unmasked_prediction_by_default(model, image):
     # class 0 is predicted; explaining class 1 instead flips the sign of the informative segment
     default, class1 = lime(model, image), lime(model, image, target=1)
@@ -378,3 +396,23 @@ def test_lime_with_the_real_masking_module(model, image, strategy):
     pytest.importorskip("companion.masking")
     attr = explain.lime_segments(model, image, grid_segments(), strategy, n_samples=60)
     assert int(attr.argmax()) == INFORMATIVE
+
+
+# ---------------------------------------------------------------------------- unchanged_predictions
+
+
+def test_unchanged_predictions_follow_the_removal_order(model, image):
+    """The prediction flips under black exactly when segment 5 is among the removed cells; grey ties at logit 0
+    (argmax keeps class 0), so it never flips; removal is nested across fractions."""
+    images = image.expand(6, -1, -1, -1).clone()
+    fractions = [0.0, 0.2, 0.5, 0.8, 1.0]
+    out = explain.unchanged_predictions(model, images, CELL, fractions, ["black", "grey"],
+                                        generator=torch.Generator().manual_seed(3), apply_fn=fill_apply)
+    assert out["black"].shape == out["grey"].shape == (6, 5)
+    assert torch.equal(out["grey"], torch.ones(6, 5))
+    assert torch.equal(out["black"][:, 0], torch.ones(6)) and torch.equal(out["black"][:, -1], torch.zeros(6))
+    assert (out["black"].diff(dim=1) <= 0).all()  # once removed, segment 5 stays removed
+    order = torch.rand(6, S, generator=torch.Generator().manual_seed(3)).argsort(1)
+    position = (order == INFORMATIVE).float().argmax(1)  # where segment 5 comes in each image's order
+    expected = torch.stack([(position >= int(d * S)).float() for d in fractions], 1)
+    assert torch.equal(out["black"], expected)

@@ -308,3 +308,20 @@ def test_bad_mask_shape_is_rejected():
     model = SmallCNN(3, 4, widths=(4, 8)).eval()
     with pytest.raises(ValueError, match="mask"):
         layer_masked(model)(torch.randn(2, 3, 16, 16), torch.ones(2, 1, 8, 8, dtype=torch.bool))
+
+
+@torch.no_grad()
+def test_normalized_wrapper_masks_the_model_not_the_normalisation():
+    from companion import masking
+    from companion.masking.layer import Normalized
+
+    torch.manual_seed(0)
+    net = _randomize_batchnorm(MODELS["small_cnn"]())
+    mean, std = torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1), torch.tensor([0.2, 0.3, 0.25]).view(1, 3, 1, 1)
+    wrapped = Normalized(net, lambda x: (x - mean) / std).eval()
+    x, mask = images().sigmoid(), block_mask()
+    torch.testing.assert_close(wrapped(x), net((x - mean) / std))
+    layer = masking.apply(wrapped, x, mask, "layer")
+    torch.testing.assert_close(layer, layer_masked(net)((x - mean) / std, mask))
+    torch.testing.assert_close(masking.apply(wrapped, _scramble_masked(x, mask), mask, "layer"), layer, atol=ATOL, rtol=0)
+    torch.testing.assert_close(masking.apply(wrapped, x, mask, "grey"), net((torch.where(mask, x, 0.5) - mean) / std))

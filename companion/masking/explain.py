@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import runtime
-from ..masks.image import segments_to_mask
+from ..masks.image import grid_segments, segments_to_mask
 
 #: ``apply(model, x (N,C,H,W), mask (N,1,H,W) bool, strategy) -> logits (N,K)``
 ApplyFn = Callable[[nn.Module, Tensor, Tensor, str], Tensor]
@@ -159,6 +159,7 @@ def lime_segments(
     apply_fn: ApplyFn | None = None,
     *,
     interpretable_model=None,
+    kernel_width: float = 1.0,
 ) -> Tensor:
     """LIME attribution of each segment, removing segments with the given masking strategy.
 
@@ -187,6 +188,9 @@ def lime_segments(
         apply_fn: ``apply(model, x, mask, strategy) -> logits``; default ``companion.masking.apply``.
         interpretable_model: captum surrogate; default ``SkLearnRidge(alpha=1.0)`` (LIME's own
             choice; captum's default Lasso zeroes small effects and produces ties in the ranking).
+        kernel_width: ``w`` of the sample weight ``exp(-d^2 / (2 w^2))``: 1.0 is captum's default; 0.25 is
+            the ``lime`` package's image default (``sqrt(exp(-d^2 / 0.25^2))``, the same function), which the
+            layer-masking paper's code uses; it weights samples that keep most segments far more.
 
     Returns:
         float ``(S,)`` on the CPU: the surrogate's coefficient for each segment.
@@ -205,9 +209,9 @@ def lime_segments(
         yield from draws.split(1)
 
     def kernel(_inputs, _perturbed, keep: Tensor, **_) -> float:
-        # captum's default: exp(-d^2 / (2 w^2)), w = 1, d = 1 - cos(ones, keep) = 1 - sqrt(k / S)
+        # captum's exponential kernel exp(-d^2 / (2 w^2)), d = 1 - cos(ones, keep) = 1 - sqrt(k / S)
         distance = 1.0 - math.sqrt(float(keep.sum()) / S)
-        return math.exp(-(distance**2) / 2.0)
+        return math.exp(-(distance**2) / (2.0 * kernel_width**2))
 
     with _eval_mode(model), torch.no_grad():
         if target is None:
@@ -427,6 +431,7 @@ def evaluate_lime(
     progress: bool = True,
     per_image: bool = False,
     metrics: Sequence[str] = METRICS,
+    kernel_width: float = 1.0,
 ) -> dict[str, dict[str, float]]:
     """Explain every image with every strategy and average the metrics per strategy.
 
@@ -440,9 +445,11 @@ def evaluate_lime(
         segments_list: ``N`` int maps ``(H, W)``.
         gt_masks: ``N`` bool object masks ``(H, W)``.
         strategies: masking strategies to compare, e.g. ``["grey", "layer"]``.
-        n_samples, seed, apply_fn, batch_size: as in :func:`lime_segments`.
+        n_samples, seed, apply_fn, batch_size, kernel_width: as in :func:`lime_segments`.
         eval_strategy: strategy used by the faithfulness metrics; default: each explanation is
-            scored with its own strategy (see the caveat in the module docstring).
+            scored with its own strategy (see the caveat in the module docstring). To compare
+            strategies like for like, pass one strategy here so every explanation is scored under
+            the same masking.
         n_perturb_samples: samples for :func:`infidelity_score`.
         progress: show progress over images (a bar, or one final line under papermill).
         per_image: return the per-image values (lists, paired across strategies) instead of means.
@@ -468,7 +475,8 @@ def evaluate_lime(
         target = predict(model, x)
         for strategy in strategies:
             attr = lime_segments(
-                model, x, segments, strategy, n_samples, seed + i, batch_size, target, apply_fn
+                model, x, segments, strategy, n_samples, seed + i, batch_size, target, apply_fn,
+                kernel_width=kernel_width,
             )
             scored_with = eval_strategy or strategy
             for metric in metrics:
@@ -488,3 +496,60 @@ def evaluate_lime(
     if per_image:
         return scores
     return {s: {m: float(np.mean(v)) for m, v in row.items()} for s, row in scores.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# random segment removal (the official code's "segment removal" experiment)
+# --------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def unchanged_predictions(
+    model,
+    images: Tensor,
+    cell: int,
+    fractions: Sequence[float],
+    strategies: Sequence[str],
+    *,
+    generator: torch.Generator | None = None,
+    batch_size: int = 256,
+    device="cpu",
+    apply_fn: ApplyFn | None = None,
+) -> dict[str, Tensor]:
+    """Whether each prediction survives removing a growing random share of grid cells.
+
+    The image is cut into ``cell`` x ``cell`` squares (``L = ceil(H / cell) ** 2`` of them); each image
+    draws one random order of its cells, and at fraction ``d`` the first ``int(d * L)`` cells in that
+    order are removed — the same cells for every strategy and, growing with ``d``, nested across
+    fractions. A prediction is unchanged when its argmax equals the unmasked one's.
+
+    Args:
+        model: classifier on images in ``[0, 1]``, ``(N, C, H, W) -> logits (N, K)``.
+        images: float ``(N, C, H, W)``.
+        cell: side of the removed squares in pixels (the official code: 16 on 224-pixel images).
+        fractions: shares of cells removed, each in ``[0, 1]``.
+        strategies: masking strategies, as in :func:`companion.masking.apply`.
+
+    Returns:
+        ``{strategy: float (N, len(fractions))}``, 1.0 where the prediction is unchanged.
+    """
+    apply_fn = apply_fn or _default_apply()
+    n, _, h, w = images.shape
+    if h != w:
+        raise ValueError(f"square images only, got {h}x{w}")
+    segments = grid_segments(h, cell)
+    L = int(segments.max()) + 1
+    order = torch.rand(n, L, generator=generator).argsort(1)  # (N, L): cells in removal order
+    rank = order.argsort(1)  # (N, L): position of each cell in that order
+    out = {s: torch.zeros(n, len(fractions)) for s in strategies}
+    with _eval_mode(model):
+        for start in range(0, n, batch_size):
+            x = images[start:start + batch_size].to(device)
+            clean = model(x).argmax(-1)
+            for j, d in enumerate(fractions):
+                keep_cells = rank[start:start + batch_size] >= int(d * L)  # (B, L)
+                mask = segments_to_mask(keep_cells, segments).to(device)
+                for s in strategies:
+                    pred = apply_fn(model, x, mask, s).argmax(-1)
+                    out[s][start:start + len(x), j] = (pred == clean).float().cpu()
+    return out

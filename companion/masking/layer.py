@@ -18,6 +18,19 @@ activation, so removed pixels are absent at every layer:
 - the global average pool averages over visible positions only; after pooling to 1x1 the mask is
   dropped, and an image with no visible pixel gives the head's output on a zero feature (no NaN).
 
+**Average pools (a choice that differs from the official code).** ``nn.AvgPool2d`` here averages over
+the *visible* inputs of each window (the zero-masked pool rescaled by window size / visible count), the
+same rule as the global average pool. The official code's ``MyAvgPool2d`` instead averages the
+zero-masked input over the whole window (masked inputs count as zeros, so values shrink near the mask
+edge) and keeps the output where the window holds a visible input. The paper's networks (torchvision
+ResNet-50 and the other ResNets) have no ``nn.AvgPool2d`` — only the final adaptive pool, where both
+average over visible positions — and neither do :class:`~companion.models.cnn.SmallCNN` and
+:class:`~companion.models.cnn.ResNet`, so this choice changes no number in the layer-masking notebook.
+
+**Fill rounds.** The official code runs ``k`` fill rounds before a ``k x k`` conv; ``k - 1`` rounds
+already reach every input position of every visible output, so the extra round changes no visible
+output (and its ``1e-5`` in the fill's denominator is left out here).
+
 How it runs: ``torch.fx`` traces the model once, a graph pass writes a new ``GraphModule`` whose
 ``forward(x, mask)`` computes these mask operations around the model's own modules (shared, weights
 included), and the result is cached per model. ``layer_masked(model).code`` prints the generated code.
@@ -62,6 +75,7 @@ import torch.nn.functional as F
 __all__ = [
     "SUPPORTED_OPS",
     "LayerMasked",
+    "Normalized",
     "layer_masked",
     "layer_masked_forward",
     "feature_maps",
@@ -930,3 +944,27 @@ def supports_layer_masking(model: nn.Module) -> bool:
     except NotImplementedError:
         return False
     return True
+
+
+class Normalized(nn.Module):
+    """A classifier on images in ``[0, 1]`` that normalises them *outside* the layer-masked graph.
+
+    ``forward(x)`` = ``model(normalize(x))``; ``forward_masked(x, mask)`` = the layer-masked ``model`` on
+    ``normalize(x)``, which :func:`companion.masking.apply` calls for ``strategy="layer"``. The fill
+    strategies thus fill in pixel space (before normalisation, as the official code does) and layer
+    masking sees the same normalised input as the plain forward; only ``model`` is traced.
+
+    Args:
+        model: an fx-traceable CNN expecting normalised input, ``(N, C, H, W) -> logits``.
+        normalize: ``(N, C, H, W) -> (N, C, H, W)``, e.g. ImageNet mean/std.
+    """
+
+    def __init__(self, model: nn.Module, normalize: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.model, self.normalize = model, normalize
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.normalize(x))
+
+    def forward_masked(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return layer_masked(self.model)(self.normalize(x), mask)
