@@ -154,3 +154,20 @@ def test_a_two_seed_sweep_of_a_real_notebook_writes_stability(tmp_path, one_thre
     assert {c["name"] for c in doc["claims"]} == names
     for c in doc["claims"]:
         assert set(c["verdicts"]) == {"0", "1"} and c["agreement"] in (0.5, 1.0)
+
+
+def test_layer_masking_full_profile_runs_on_a_fake_foreground_folder(tmp_path, one_thread_per_kernel):
+    """The flagship's `full` path end to end on CPU: a random-weight ResNet-50 and a fake folder in the layout
+    `data_scripts/foreground.py` prepares (sizes shrunk; random weights classify nothing, so every claim is gated)."""
+    from companion.data import foreground
+
+    foreground.write_fake(tmp_path / "fake", n=6, size=64)
+    overrides = {"device": "cpu", "dataset": "imagenet_fg", "data_dir": str(tmp_path / "fake"), "image_size": 64,
+                 "n_test": 6, "mask_sizes": [8, 16], "curve_cell": 16, "curve_fractions": [0.25, 0.5, 0.75],
+                 "curve_images": 6, "lime_images": 2, "lime_samples": 20, "n_segments": 10}
+    result = runner.run("layer_masking", profile="full", overrides=overrides, out_dir=tmp_path / "out",
+                        progress_bar=False)
+    assert result.ok, result.error
+    table = claims.load(tmp_path / "out")
+    assert table["profile"] == "full" and table["claims"]
+    assert all(c["verdict"] != "supported" for c in table["claims"] if c["kind"] == "paper")
