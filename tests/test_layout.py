@@ -16,7 +16,7 @@ LAYERS = [
     ("data", "masks"),
     ("models", "params"),
     ("train",),
-    ("masking",),
+    ("masking", "diffusion"),
     ("mim", "distill", "viz", "claims"),
     ("zoo",),
     ("methods",),
