@@ -1,0 +1,1 @@
+"""Masks in audio and music: spectrogram and frame masks, inpainting masks on piano rolls."""
