@@ -85,3 +85,27 @@ def test_cached_greedy_decoding_matches_teacher_forcing():
     assert tokens.shape == (5, 8) and layers.eq(2).all()
     logits = m(src, teacher_forcing_input(tokens, 14))
     assert torch.equal(logits.argmax(-1), tokens)
+
+
+@torch.no_grad()
+def test_bidirectional_decoder_sees_later_positions_and_causal_does_not():
+    src, tgt = _tokens(2, 9), _tokens(2, 8, seed=2)
+    changed = tgt.clone()
+    changed[:, -1] = (changed[:, -1] + 1) % 14
+    causal, bidir = _model(), _model(causal=False)
+    assert torch.allclose(causal(src, tgt)[:, :-1], causal(src, changed)[:, :-1], atol=ATOL)
+    assert not torch.allclose(bidir(src, tgt)[:, 0], bidir(src, changed)[:, 0], atol=ATOL)
+
+
+@torch.no_grad()
+def test_feature_source_and_greedy_with_cache_equal_teacher_forcing():
+    m = _model(src_dim=5)
+    feats = torch.randn(3, 9, 5, generator=torch.Generator().manual_seed(0))
+    memory = m.memory(m.encode(feats)[-1])
+    tokens, passes = m.greedy(memory, 6, bos=14)
+    assert passes == 6
+    tf = m.decode(torch.cat([torch.full((3, 1), 14), tokens[:, :-1]], 1), memory)[-1]
+    assert torch.equal(m.logits(tf).argmax(-1), tokens)
+    eos = int(tokens[0, 0])  # stop as soon as every row has emitted this token
+    short, n = m.greedy(memory, 6, bos=14, eos=eos)
+    assert n <= 6 and ((short == eos).any(1)).all()

@@ -7,7 +7,11 @@ One final LayerNorm and one linear head (tied to the decoder's token embedding) 
 after decoder layer ``j`` are ``head(ln_f(h_j))``; the memory after encoder layer ``k`` is ``ln_enc(h_k)``. So
 "exit after layer k" needs no extra parameters, as in MuE, where all exits share the output layer.
 
-Shapes: source ``src`` (N, S) and decoder input ``tgt`` (N, T) token ids; hidden states (N, S|T, D).
+Shapes: source ``src`` (N, S) token ids, or (N, S, F) continuous features with ``src_dim = F`` (a linear
+projection replaces the source embedding: a small feature encoder), and decoder input ``tgt`` (N, T) token ids;
+hidden states (N, S|T, D). ``causal=False`` makes the decoder's self-attention bidirectional (a mask-diffusion
+denoiser: every position sees every other); the default causal decoder decodes step by step with the KV cache
+(:meth:`Seq2Seq.greedy`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ class Seq2SeqConfig:
     n_embd: int = 64
     mlp_ratio: float = 4.0
     dropout: float = 0.0
+    causal: bool = True  # False: bidirectional decoder self-attention (mask diffusion)
+    src_dim: int = 0  # > 0: the source is (N, S, src_dim) continuous features, projected linearly
 
 
 class DecoderBlock(nn.Module):
@@ -46,12 +52,13 @@ class DecoderBlock(nn.Module):
         self.cross = Attention(d, h, cross=True, dropout=config.dropout, layer_idx=layer_idx)
         self.norm2 = nn.LayerNorm(d)
         self.mlp = MLP(d, config.mlp_ratio, config.dropout)
+        self.causal = config.causal
 
     def forward(self, x, memory, cache: KVCache | None = None):
         """x (N,T,D), memory (N,S,D) → (N,T,D). Teacher forcing (cache None): causal over x's positions. With a
         cache: x holds the next position(s) after the cached ones and attends every cached position (use one
-        position at a time)."""
-        y, _ = self.attn(self.norm1(x), is_causal=cache is None and x.shape[1] > 1, cache=cache)
+        position at a time). A bidirectional block (``config.causal`` False) lets every position attend all."""
+        y, _ = self.attn(self.norm1(x), is_causal=self.causal and cache is None and x.shape[1] > 1, cache=cache)
         x = x + y
         x = x + self.cross(self.norm_cross(x), memory)[0]
         return x + self.mlp(self.norm2(x))
@@ -63,7 +70,8 @@ class Seq2Seq(nn.Module):
     def __init__(self, config: Seq2SeqConfig | None = None, **kwargs):
         super().__init__()
         self.config = config = config or Seq2SeqConfig(**kwargs)
-        self.src_tok = nn.Embedding(config.vocab_size, config.n_embd)
+        self.src_tok = (nn.Linear(config.src_dim, config.n_embd) if config.src_dim > 0
+                        else nn.Embedding(config.vocab_size, config.n_embd))
         self.tgt_tok = nn.Embedding(config.vocab_size, config.n_embd)
         # one position table for source and target: answer position i finds source position i without
         # first learning a mapping between two tables (copying then needs no phase transition)
@@ -82,8 +90,8 @@ class Seq2Seq(nn.Module):
 
     # -- encoder ---------------------------------------------------------------------------------------------
     def encode(self, src, n_layers: int | None = None) -> list[torch.Tensor]:
-        """src (N,S) → the residual stream before and after each encoder layer: ``n_layers + 1`` tensors
-        (N,S,D) (default all layers). No final LayerNorm; :meth:`memory` applies it."""
+        """src (N,S) ids or (N,S,src_dim) features → the residual stream before and after each encoder layer:
+        ``n_layers + 1`` tensors (N,S,D) (default all layers). No final LayerNorm; :meth:`memory` applies it."""
         n_layers = self.config.n_enc if n_layers is None else n_layers
         x = self.src_tok(src) + self.pos(torch.arange(src.shape[1], device=src.device))
         states = [x]
@@ -124,3 +132,28 @@ class Seq2Seq(nn.Module):
         if return_all_logits:
             return [self.logits(h) for h in states[1:]]
         return self.logits(states[-1])
+
+    @torch.no_grad()
+    def greedy(self, memory: torch.Tensor, steps: int, bos: int, eos: int | None = None) -> tuple[torch.Tensor, int]:
+        """Greedy causal decoding with the KV cache: memory (N,S,D) → tokens (N, steps) and the number of decoder
+        passes made (one per token position). With ``eos``, decoding stops once every sequence has emitted it
+        (positions not decoded are filled with ``eos``)."""
+        if not self.config.causal:
+            raise ValueError("greedy decoding needs a causal decoder (config.causal=True)")
+        n = memory.shape[0]
+        cache = KVCache(self.config.n_dec)
+        token = torch.full((n, 1), bos, dtype=torch.long, device=memory.device)
+        out = torch.full((n, steps), bos if eos is None else eos, dtype=torch.long, device=memory.device)
+        done = torch.zeros(n, dtype=torch.bool, device=memory.device)
+        for t in range(steps):
+            x = self.embed_tgt(token, start=t)
+            for block in self.decoder:
+                x = block(x, memory, cache)
+            cache.length += 1
+            token = self.logits(x[:, -1]).argmax(-1, keepdim=True)
+            out[:, t] = token[:, 0]
+            if eos is not None:
+                done = done | (token[:, 0] == eos)
+                if bool(done.all()):
+                    return out, t + 1
+        return out, steps
