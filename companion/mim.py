@@ -70,15 +70,20 @@ def per_image_loss(model, images: torch.Tensor, mask_fn: MaskFn, generator: torc
 def reconstruct(model, images: torch.Tensor, visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """→ (masked input with removed patches grey, reconstruction with visible patches pasted back).
 
-    images [N, C, H, W] in [0, 1]; visible [N, L] bool. Needs ``norm_pix_loss=False`` (pixel targets).
+    images [N, C, H, W] in [0, 1]; visible [N, L] bool. A model trained on per-patch normalised targets
+    (``norm_pix_loss``) predicts only each patch's pattern, not its mean colour or contrast: its prediction is
+    shown with every removed patch's true mean and spread put back (as a picture of what was learned, not as
+    a pixel reconstruction).
     """
-    if model.cfg.norm_pix_loss:
-        raise ValueError("reconstruct needs an MAE trained on raw pixels (norm_pix_loss=False)")
     model.eval()
     device = next(model.parameters()).device
     _, pred, _ = model(images.to(device), token_mask=visible.to(device))
+    pred = pred.cpu()
+    if model.cfg.norm_pix_loss:
+        target = model.patchify(images)  # [N, L, P]
+        pred = pred * (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(dim=-1, keepdim=True)
     keep = masks.token_to_pixel_mask(visible, model.cfg.patch_size).to(images.dtype)  # [N, 1, H, W]
-    recon = model.unpatchify(pred).cpu().clamp(0, 1)
+    recon = model.unpatchify(pred).clamp(0, 1)
     return images * keep + 0.5 * (1 - keep), images * keep + recon * (1 - keep)
 
 
@@ -193,3 +198,56 @@ def patch_mean_fill_loss(model, images: torch.Tensor, visible: torch.Tensor) -> 
     err = ((target - mean) ** 2).mean((2, 3))  # [N, L]
     removed = (~visible).to(err.dtype)
     return (err * removed).sum(1) / removed.sum(1).clamp(min=1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Premises of the MIM notebooks: the (zoo) model has learned its pretext task and features worth probing.
+
+
+def fill_loss(model, images: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """Zero-skill reference in the model's own loss units, per image (N,): the mean-colour fill
+    (``patch_mean_fill_loss``) for pixel targets; for per-patch normalised targets (``norm_pix_loss``) a flat
+    patch at its own true mean colour, whose normalised error is the target's mean square."""
+    if not model.cfg.norm_pix_loss:
+        return patch_mean_fill_loss(model, images, visible)
+    target = model.patchify(images)
+    target = (target - target.mean(dim=-1, keepdim=True)) / (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5
+    per_patch = (target**2).mean(dim=-1)  # [N, L]
+    removed = (~visible).to(per_patch.dtype)
+    return (per_patch * removed).sum(1) / removed.sum(1).clamp(min=1)
+
+
+@torch.no_grad()
+def pretext_premise(table, name: str, model, images: torch.Tensor, mask_fn: MaskFn, generator: torch.Generator,
+                    margin: float = 0.1):
+    """Record the premise "``model`` reconstructs removed patches better than the zero-skill fill" on held-out
+    ``images``, one mask per image from ``mask_fn``: paired per image, the model's loss must be lower than
+    ``fill_loss`` by more than ``margin`` × the fill's mean loss. Returns the claim."""
+    model.eval()
+    visible = mask_fn(len(images), generator)
+    device = next(model.parameters()).device
+    loss = []
+    for i in range(0, len(images), 256):
+        x, v = images[i:i + 256].to(device), visible[i:i + 256].to(device)
+        _, pred, _ = model(x, token_mask=v)
+        per_patch = model.forward_loss(x, pred, v, reduction="none")
+        removed = (~v).float()
+        loss.append(((per_patch * removed).sum(1) / removed.sum(1).clamp(min=1)).cpu())
+    loss, fill = torch.cat(loss), fill_loss(model, images, visible)
+    ref = "flat fill at each patch's true mean" if model.cfg.norm_pix_loss else "mean-colour fill"
+    return table.add(name, "loss on removed patches (held out)", ref, fill.mean(), "model", loss.mean(), "lower",
+                     kind="premise", paired=(fill, loss), margin=margin * float(fill.mean()),
+                     note=f"must beat the fill by > {margin:.0%} of its loss")
+
+
+def probe_premise(table, name: str, model, init, train_set, test_set, pool: str = "mean", margin: float = 0.02):
+    """Record the premise "a linear probe on ``model``'s frozen features beats the same probe on its random
+    initialisation ``init``" by more than ``margin`` accuracy, paired on the test items. ``train_set`` and
+    ``test_set`` are ``ImageSet``s (their labels are probed). Returns (claim, init correctness, model correctness)."""
+    correct = [linear_probe(encoder_features(m, train_set.images, pool), train_set.labels,
+                            encoder_features(m, test_set.images, pool), test_set.labels).float()
+               for m in (init, model)]
+    claim = table.add(name, "linear-probe accuracy", "random initialisation", correct[0].mean(), "pretrained",
+                      correct[1].mean(), "higher", kind="premise", paired=tuple(correct), margin=margin,
+                      note=f"must beat the random-init probe by > {margin:g}")
+    return claim, correct[0], correct[1]

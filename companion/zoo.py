@@ -65,40 +65,48 @@ def build(which: Sequence[str] | None = None) -> dict[str, float]:
     return seconds
 
 
-def _source_digest() -> str:
-    from . import models, train
-
+def _source_digest(sources: Sequence[str] | None = None) -> str:
+    """Hash of the source files a model depends on: ``sources`` are paths relative to the package
+    (e.g. ``"models/mae.py"``); None means every file of ``companion.models`` plus ``train.py``."""
+    package = Path(__file__).parent
+    paths = (sorted((package / "models").glob("*.py")) + [package / "train.py"] if sources is None
+             else [package / s for s in sources])
     h = hashlib.sha256()
-    for path in sorted(Path(models.__file__).parent.glob("*.py")) + [Path(train.__file__)]:
+    for path in paths:
         h.update(path.read_bytes())
     return h.hexdigest()
 
 
-def cache_key(name: str, config: dict, tensors: Sequence[torch.Tensor] = ()) -> str:
-    """16 hex digits identifying a teacher: its name, config, training tensors and the model/loop source."""
+def cache_key(name: str, config: dict, tensors: Sequence[torch.Tensor] = (),
+              sources: Sequence[str] | None = None) -> str:
+    """16 hex digits identifying a teacher: its name, config, training tensors and the model/loop source
+    (``sources``: see ``_source_digest``)."""
     h = hashlib.sha256(json.dumps({"name": name, "config": config, "torch": torch.__version__},
                                   sort_keys=True, default=str).encode())
     for t in tensors:
         t = t.detach().cpu().contiguous()
         h.update(str((tuple(t.shape), t.dtype)).encode())
         h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
-    h.update(_source_digest().encode())
+    h.update(_source_digest(sources).encode())
     return h.hexdigest()[:16]
 
 
 def cached(name: str, config: dict, build: Callable[[], nn.Module], train: Callable[[nn.Module], object],
-           tensors: Sequence[torch.Tensor] = (), directory: str | Path | None = None) -> nn.Module:
+           tensors: Sequence[torch.Tensor] = (), directory: str | Path | None = None,
+           sources: Sequence[str] | None = None) -> nn.Module:
     """The teacher ``build()`` with weights trained by ``train(model)``, cached on disk; returned in eval mode
     on the CPU with ``requires_grad`` off.
 
     ``config`` must contain everything that changes the trained weights besides ``tensors`` (steps, seed,
     learning rate, model sizes, ...). The model returned is frozen: a teacher is never trained by its student.
+    ``sources`` narrows the source files whose change retrains it (default: all of ``companion.models`` and
+    ``train.py``).
     """
     if not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"teacher name must be alphanumeric with - or _, got {name!r}")
     directory = Path(directory) if directory is not None else cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}-{cache_key(name, config, tensors)}.pt"
+    path = directory / f"{name}-{cache_key(name, config, tensors, sources)}.pt"
     with FileLock(str(path) + ".lock"):
         model = build()
         if path.exists():
@@ -127,7 +135,8 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
 
 
 def supervised_vit(images: torch.Tensor, labels: torch.Tensor, steps: int, seed: int = 0, lr: float = 3e-3,
-                   batch_size: int = 64, device: str = "auto", **vit_kwargs) -> nn.Module:
+                   batch_size: int = 64, device: str = "auto", sources: Sequence[str] | None = None,
+                   **vit_kwargs) -> nn.Module:
     """A tiny ``ViT`` trained with cross-entropy on ``images``/``labels`` (the "supervised teacher"), cached."""
     from .models import ViT
     from .runtime import resolve_device
@@ -144,11 +153,11 @@ def supervised_vit(images: torch.Tensor, labels: torch.Tensor, steps: int, seed:
         fit(model, images, labels, steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
             desc="teacher: supervised ViT")
 
-    return cached("supervised_vit", config, build, train, (images, labels))
+    return cached("supervised_vit", config, build, train, (images, labels), sources=sources)
 
 
 def mae(images: torch.Tensor, steps: int, seed: int = 0, ratio: float = 0.75, lr: float = 3e-3,
-        batch_size: int = 64, device: str = "auto", **mae_kwargs) -> nn.Module:
+        batch_size: int = 64, device: str = "auto", sources: Sequence[str] | None = None, **mae_kwargs) -> nn.Module:
     """A tiny ``MAE`` pretrained with random masks at ``ratio`` on ``images`` (the "MIM teacher"), cached."""
     from .mim import mask_generator, pretrain
     from .models import MAE
@@ -165,7 +174,86 @@ def mae(images: torch.Tensor, steps: int, seed: int = 0, ratio: float = 0.75, lr
         pretrain(model, images, mask_generator("random", model.grid, ratio), steps, seed=seed, lr=lr,
                  batch_size=batch_size, device=device, desc="teacher: MAE")
 
-    return cached("mae", config, build, train, (images,))
+    return cached("mae", config, build, train, (images,), sources=sources)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The masked-image-modelling zoo: one tiny MAE, its SimMIM continuation and a supervised ViT of the same
+# encoder shape, on 32-px images in 4-px patches (an 8×8 token grid). The MIM notebooks continue from these,
+# so their arms compare methods on an encoder that has learned (a few hundred steps from scratch do not).
+
+MIM_ARCH = dict(image_size=32, patch_size=4, in_channels=3, dim=64, depth=4, heads=4)
+MIM_MAE = dict(decoder_dim=64, decoder_depth=2, norm_pix_loss=True)  # MAE's per-patch normalised target
+# the source files the MIM zoo depends on (an edit elsewhere in companion.models does not retrain it)
+MIM_SOURCES = ("models/layers.py", "models/mae.py", "models/vit.py", "masks/tokens.py", "train.py", "mim.py")
+MIM_RECIPE = dict(corpus=12000, corpus_seed=0, seed=0, ratio=0.75, batch_size=128,
+                  mae_steps=1500, mae_lr=2e-3, simmim_steps=300, simmim_lr=1e-3, vit_steps=600, vit_lr=2e-3)
+
+
+def unfrozen(model: nn.Module) -> nn.Module:
+    """A trainable deep copy of a (frozen) zoo model, in train mode: the start of a continued-training arm."""
+    import copy
+
+    model = copy.deepcopy(model).train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def _mim_corpus() -> torch.Tensor:
+    from .data.natural import mim_corpus
+
+    return mim_corpus(MIM_RECIPE["corpus"], seed=MIM_RECIPE["corpus_seed"]).images
+
+
+@register("mim.mae")
+def mim_mae(device: str = "auto") -> nn.Module:
+    """The zoo's tiny MAE: ``MIM_ARCH`` encoder, random 75 % masks, per-patch normalised pixel targets,
+    ``mae_steps`` steps on ``data.natural.mim_corpus`` (natural crops + Fashion-MNIST). Frozen; continue from
+    ``unfrozen(zoo.mim_mae())``."""
+    R = MIM_RECIPE
+    return mae(_mim_corpus(), R["mae_steps"], seed=R["seed"], ratio=R["ratio"], lr=R["mae_lr"],
+               batch_size=R["batch_size"], device=device, sources=MIM_SOURCES, **MIM_ARCH, **MIM_MAE)
+
+
+@register("mim.simmim")
+def mim_simmim(device: str = "auto") -> nn.Module:
+    """SimMIM (mask token in the encoder, linear head) started from ``mim_mae``'s encoder and trained
+    ``simmim_steps`` more steps with random 75 % masks on the same corpus. Frozen."""
+    from .mim import mask_generator, pretrain
+    from .models import MAE
+    from .runtime import resolve_device
+
+    R = MIM_RECIPE
+    images = _mim_corpus()
+    start = mim_mae(device)
+    config = dict(recipe=R, arch=MIM_ARCH, device=resolve_device(device).type)
+
+    def build():
+        torch.manual_seed(R["seed"])
+        return MAE(mode="simmim", decoder_depth=0, norm_pix_loss=True, decoder_dim=MIM_ARCH["dim"], **MIM_ARCH)
+
+    def train(model):
+        encoder = {k: v for k, v in start.state_dict().items() if not k.startswith(("decoder", "mask_token"))}
+        model.load_state_dict(encoder, strict=False)  # encoder from the MAE; mask token and head are new
+        pretrain(model, images, mask_generator("random", model.grid, R["ratio"]), R["simmim_steps"],
+                 seed=R["seed"], lr=R["simmim_lr"], batch_size=R["batch_size"], device=device,
+                 desc="zoo: SimMIM from the MAE")
+
+    return cached("mim_simmim", config, build, train, (images,), sources=MIM_SOURCES)
+
+
+@register("mim.vit")
+def mim_vit(device: str = "auto") -> nn.Module:
+    """A supervised ``ViT`` with the ``MIM_ARCH`` encoder trained on Fashion-MNIST classes (``fashion32``):
+    the supervised teacher of the distillation notebooks. Needs Fashion-MNIST (``DataError`` otherwise)."""
+    from .data.natural import fashion32
+
+    R = MIM_RECIPE
+    tr = fashion32("train", n=R["corpus"] // 2, seed=R["corpus_seed"] + 1)
+    return supervised_vit(tr.images, tr.labels, R["vit_steps"], seed=R["seed"], lr=R["vit_lr"],
+                          batch_size=R["batch_size"], device=device, sources=MIM_SOURCES,
+                          num_classes=len(tr.class_names), **MIM_ARCH)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -188,11 +276,7 @@ def _shapes(n_train: int, n_test: int, size: int, background: str, seed: int):
 
 @register("maskalign.supervised_vit")
 def _maskalign_teacher() -> nn.Module:
-    P = _ci("maskalign")
-    tr = _shapes(P["n_train"], P["n_test"], P["image_size"], P["background"], P["seed"])
-    return supervised_vit(tr.images, tr.labels, P["teacher_steps"], seed=P["seed"], batch_size=P["batch_size"],
-                          device="auto", num_classes=len(tr.class_names), image_size=P["image_size"],
-                          patch_size=P["patch_size"], dim=P["dim"], depth=P["depth"], heads=P["heads"])
+    return mim_vit()  # the maskalign notebook now uses the shared supervised teacher (kept as an alias)
 
 
 def _hybrid_arch(P: dict, channels: int) -> dict:

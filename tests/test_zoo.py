@@ -122,3 +122,26 @@ def test_unknown_zoo_name_is_one_line():
 
 def test_named_entries_cover_the_shared_teachers():
     assert {"maskalign.supervised_vit", "hybrid_distill.supervised_vit", "hybrid_distill.mae"} <= set(zoo.names())
+
+
+def test_mim_zoo_loads_bit_identical_to_a_fresh_build(tmp_path, monkeypatch):
+    """The MIM zoo (MAE → SimMIM continuation, supervised ViT) on a tiny recipe: a second call loads the cached
+    weights, and a build in an empty cache trains exactly the same weights."""
+    recipe = dict(zoo.MIM_RECIPE, corpus=64, mae_steps=2, simmim_steps=2, vit_steps=2, batch_size=8)
+    monkeypatch.setattr(zoo, "MIM_RECIPE", recipe)
+    monkeypatch.setattr(zoo, "MIM_ARCH", dict(zoo.MIM_ARCH, dim=16, depth=1, heads=2))
+    monkeypatch.setenv("COMPANION_CACHE", str(tmp_path / "a"))
+    first = [zoo.mim_mae("cpu"), zoo.mim_simmim("cpu")]
+    again = [zoo.mim_mae("cpu"), zoo.mim_simmim("cpu")]
+    monkeypatch.setenv("COMPANION_CACHE", str(tmp_path / "b"))
+    fresh = [zoo.mim_mae("cpu"), zoo.mim_simmim("cpu")]
+    for a, b, c in zip(first, again, fresh):
+        sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) and torch.equal(sa[k], sc[k]) for k in sa)
+    assert first[1].cfg.mode == "simmim" and not any(p.requires_grad for p in first[1].parameters())
+    trainable = zoo.unfrozen(first[0])
+    assert all(p.requires_grad for p in trainable.parameters()) and trainable.training
+
+
+def test_named_entries_cover_the_mim_zoo():
+    assert {"mim.mae", "mim.simmim", "mim.vit"} <= set(zoo.names())
