@@ -138,3 +138,22 @@ def test_encoder_attention_distance_accepts_the_attention_of_another_model():
                                           attention=lambda b: vit.forward_features(b, return_attention=True)[1])
     maps = vit.forward_features(x, return_attention=True)[1]
     torch.testing.assert_close(dist, torch.stack([mim.mean_attention_distance(a, 2, 4) for a in maps]))
+
+
+def test_fill_loss_in_the_models_units_and_norm_pix_reconstruction():
+    from companion.models import MAE
+
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, 16, 16)
+    visible = torch.zeros(4, 16, dtype=torch.bool)
+    visible[:, :4] = True
+    pix = MAE(image_size=16, patch_size=4, dim=16, depth=1, heads=2, decoder_dim=16, decoder_depth=1)
+    assert torch.allclose(mim.fill_loss(pix, images, visible), mim.patch_mean_fill_loss(pix, images, visible))
+    norm = MAE(image_size=16, patch_size=4, dim=16, depth=1, heads=2, decoder_dim=16, decoder_depth=1,
+               norm_pix_loss=True)
+    # a flat patch at its own mean has normalised error = the normalised target's mean square ≈ (P-1)/P
+    fill = mim.fill_loss(norm, images, visible)
+    assert torch.allclose(fill, torch.full((4,), 47 / 48), atol=1e-3)
+    masked, recon = mim.reconstruct(norm, images, visible)
+    keep = mim.masks.token_to_pixel_mask(visible, 4)
+    assert torch.equal(recon * keep, images * keep) and recon.min() >= 0 and recon.max() <= 1
