@@ -266,35 +266,3 @@ def _ci(slug: str) -> dict:
     from .params import profile_values
 
     return profile_values(slug, "ci")
-
-
-def _shapes(n_train: int, n_test: int, size: int, background: str, seed: int):
-    from .data import make_shapes
-
-    return make_shapes(n_train + n_test, size, background, seed=seed).split(n_train)[0]
-
-
-@register("maskalign.supervised_vit")
-def _maskalign_teacher() -> nn.Module:
-    return mim_vit()  # the maskalign notebook now uses the shared supervised teacher (kept as an alias)
-
-
-def _hybrid_arch(P: dict, channels: int) -> dict:
-    return dict(image_size=P["image_size"], patch_size=P["patch_size"], in_channels=channels, dim=P["dim"],
-                depth=P["depth"], heads=P["heads"])
-
-
-@register("hybrid_distill.supervised_vit")
-def _hybrid_supervised_teacher() -> nn.Module:
-    P = _ci("hybrid_distill")
-    tr = _shapes(P["n_train"], P["n_test"], P["image_size"], "varied", P["seed"])
-    return supervised_vit(tr.images, tr.labels, P["teacher_steps"], seed=P["seed"], device="auto",
-                          num_classes=len(tr.class_names), **_hybrid_arch(P, tr.images.shape[1]))
-
-
-@register("hybrid_distill.mae")
-def _hybrid_mim_teacher() -> nn.Module:
-    P = _ci("hybrid_distill")
-    tr = _shapes(P["n_train"], P["n_test"], P["image_size"], "varied", P["seed"])
-    return mae(tr.images, P["mae_steps"], seed=P["seed"], ratio=P["mask_ratio"], device="auto",
-               decoder_depth=P["mae_decoder_depth"], **_hybrid_arch(P, tr.images.shape[1]))
