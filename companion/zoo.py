@@ -266,3 +266,96 @@ def _ci(slug: str) -> dict:
     from .params import profile_values
 
     return profile_values(slug, "ci")
+
+
+# ----------------------------------------------------------------------------------------------------
+# tgm_video_mae: the video–text aligner that stands in for CLIP and a video MAE warm start, both trained once
+# on a fixed corpus of captioned clips (seed 0; the notebook's probe clips are drawn with other seeds).
+TGM_SOURCES = ("models/layers.py", "models/mae.py", "models/video_mae.py", "train.py")
+
+
+def tgm_corpus(P: dict | None = None):
+    """The clips the tgm_video_mae zoo models train on (a ``data.video.ClipSet``): ``P["n_corpus"]`` clips of
+    every scene, captions naming colour and shape only. ``P``: the notebook's parameters (default: ci)."""
+    from .data import video
+
+    P = P or _ci("tgm_video_mae")
+    return video.make_clips(P["n_corpus"], P["frames"], P["image_size"], P["speed"], scenes=video.SCENES,
+                            name_direction=False, texture=P["texture"], distractor_radius=(0.2, 0.28), seed=0)
+
+
+def tgm_arch(P: dict, dim: int) -> dict:
+    """``VideoMAE`` keyword arguments of the tgm_video_mae notebook at width ``dim``."""
+    return dict(image_size=P["image_size"], patch_size=P["patch_size"], frames=P["frames"], tubelet=P["tubelet"],
+                dim=dim, depth=P["depth"], heads=4, decoder_dim=dim, decoder_depth=P["decoder_depth"])
+
+
+def video_text_aligner(clips: torch.Tensor, captions: torch.Tensor, steps: int, seed: int = 0, embed_dim: int = 32,
+                       lr: float = 3e-3, batch_size: int = 64, device: str = "auto", sources=None,
+                       **mae_kwargs) -> nn.Module:
+    """A ``VideoText`` trained only with the max-over-tubes video–text InfoNCE on unmasked clips [N, C, T, H, W]
+    and captions [N, W]: its tube–caption similarities are text-guided masking's scores. Cached, frozen."""
+    from .models.video_mae import VideoMAE, VideoText
+    from .runtime import resolve_device
+    from .train import fit
+
+    config = dict(steps=steps, seed=seed, embed_dim=embed_dim, lr=lr, batch_size=batch_size, mae=mae_kwargs,
+                  device=resolve_device(device).type)
+
+    def build():
+        torch.manual_seed(seed)
+        return VideoText(VideoMAE(**mae_kwargs), embed_dim)
+
+    def train(model):
+        fit(model, clips, captions, steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
+            loss_fn=lambda m, x, c: m.loss(x, c, None, recon_weight=0.0, vtc_weight=1.0, pool="max"),
+            desc="zoo: video-text aligner")
+
+    return cached("video_text_aligner", config, build, train, (clips, captions), sources=sources)
+
+
+def video_mae_warm_start(clips: torch.Tensor, steps: int, seed: int = 0, ratio: float = 0.75, embed_dim: int = 32,
+                         lr: float = 3e-3, batch_size: int = 64, device: str = "auto", sources=None,
+                         **mae_kwargs) -> nn.Module:
+    """A ``VideoText`` whose ``VideoMAE`` is pretrained with random tube masks at ``ratio`` (VideoMAE) on clips
+    [N, C, T, H, W]; its text head is untrained. Cached, frozen; continue from ``unfrozen(...)``."""
+    from .masks import token_ratio_mask
+    from .models.video_mae import VideoMAE, VideoText
+    from .runtime import resolve_device
+    from .train import fit
+
+    config = dict(steps=steps, seed=seed, ratio=ratio, embed_dim=embed_dim, lr=lr, batch_size=batch_size,
+                  mae=mae_kwargs, device=resolve_device(device).type)
+    g = torch.Generator().manual_seed(seed + 1)
+
+    def build():
+        torch.manual_seed(seed)
+        return VideoText(VideoMAE(**mae_kwargs), embed_dim)
+
+    def loss_fn(m, x, _):
+        return m.loss(x, None, token_ratio_mask(len(x), m.mae.num_patches, ratio, g).to(x.device))
+
+    def train(model):
+        fit(model, clips, None, steps, batch_size=batch_size, lr=lr, seed=seed, device=device, loss_fn=loss_fn,
+            desc="zoo: video MAE")
+
+    return cached("video_mae", config, build, train, (clips,), sources=sources)
+
+
+@register("tgm_video_mae.aligner")
+def tgm_video_aligner(P: dict | None = None) -> nn.Module:
+    """tgm_video_mae's video–text aligner (the stand-in for CLIP) at the notebook's parameters ``P`` (default ci)."""
+    P = P or _ci("tgm_video_mae")
+    corpus = tgm_corpus(P)
+    return video_text_aligner(corpus.clips, corpus.captions, P["aligner_steps"], embed_dim=P["aligner_dim"],
+                              lr=P["lr"], batch_size=P["batch_size"], device=P.get("device", "auto"),
+                              sources=TGM_SOURCES, **tgm_arch(P, P["aligner_dim"]))
+
+
+@register("tgm_video_mae.mae")
+def tgm_video_warm_start(P: dict | None = None) -> nn.Module:
+    """tgm_video_mae's video MAE warm start (random tube masks) at the notebook's parameters ``P`` (default ci)."""
+    P = P or _ci("tgm_video_mae")
+    return video_mae_warm_start(tgm_corpus(P).clips, P["warm_steps"], ratio=P["mask_ratio"],
+                                embed_dim=P["aligner_dim"], lr=P["lr"], batch_size=P["batch_size"],
+                                device=P.get("device", "auto"), sources=TGM_SOURCES, **tgm_arch(P, P["dim"]))
