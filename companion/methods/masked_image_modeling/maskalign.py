@@ -6,7 +6,13 @@ The baseline the paper asks about ("is reconstruction necessary in MIM with a te
 ``FeatureReconstructor``: the same encoder, plus a decoder that reconstructs the teacher's features of the
 *removed* tokens (decoder-style MIM with a teacher target, as MILAN or MaskDistill).
 
-The shared feature-distillation pieces (teacher features, alignment losses, CKA, FLOP counts) are in
+MaskAlign's recipe samples the visible tokens from the teacher's attention ("stare at what you see"):
+``teacher_view`` returns the teacher's hidden states and its last block's [CLS] attention over the patches
+(the teacher is a ``ViT`` or the encoder of an ``MAE`` that sees every token),
+``attention_guided_mask`` draws the visible tokens with probability proportional to it, without replacement
+(the official code's ``attention_masking``: ``torch.multinomial`` on the head-averaged [CLS] row).
+
+The shared feature-distillation pieces (teacher features, alignment losses, FLOP counts) are in
 ``companion.distill``. Token masks are bool ``(N, L)``, True = visible.
 """
 
@@ -17,7 +23,62 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from ...distill import feature_alignment_loss, teacher_tokens
+from ...distill import block_outputs, feature_alignment_loss, teacher_tokens
+from ...masks import num_visible
+from ...mim import encoder_features
+
+
+def _is_mae(teacher: nn.Module) -> bool:
+    return hasattr(teacher, "forward_encoder")
+
+
+@torch.no_grad()
+def teacher_view(teacher: nn.Module, images: torch.Tensor,
+                 layers: Sequence[int] | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """One forward pass of a frozen teacher on the intact images [N, C, H, W] →
+    (hidden states [N, 1+L, D] of the blocks in ``layers``, default all; the last block's attention from
+    [CLS] to each patch, averaged over heads, [N, L], each row summing to at most 1).
+
+    The teacher is a ``ViT`` or an ``MAE``, whose encoder then sees every token (its block outputs before the
+    final LayerNorm, as a ``ViT``'s)."""
+    if _is_mae(teacher):
+        every = torch.ones(len(images), teacher.num_patches, dtype=torch.bool, device=images.device)
+        enc = teacher.forward_encoder(images, every, return_hidden=True, return_attention=True)
+        hidden, maps = enc.hidden, enc.attention
+    else:
+        maps = []
+        hidden = block_outputs(teacher, lambda: maps.extend(teacher.forward_features(images, return_attention=True)[1]))
+    importance = maps[-1][:, :, 0, 1:].mean(1)  # [N, L]
+    return ([hidden[i] for i in layers] if layers is not None else hidden), importance
+
+
+@torch.no_grad()
+def teacher_features(teacher: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """A teacher's frozen features of intact images for a linear probe, pooled as the students' are
+    (``mim.encoder_features``): the last block's patch tokens after the final LayerNorm, averaged → [N, D].
+    An ``MAE`` teacher's encoder sees every token."""
+    if _is_mae(teacher):
+        return encoder_features(teacher, images, batch_size=batch_size)
+    device = next(teacher.parameters()).device
+    return torch.cat([teacher.norm(teacher_tokens(teacher, images[i:i + batch_size].to(device))[-1][:, 1:])
+                      .mean(1).float().cpu() for i in range(0, len(images), batch_size)])
+
+
+def attention_guided_mask(importance: torch.Tensor, ratio: float,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+    """MaskAlign's attention-guided masking: importance [N, L] (non-negative, e.g. the teacher's [CLS]
+    attention) → visible [N, L] bool with exactly ``num_visible(L, ratio)`` True per row, drawn one by one
+    without replacement with probability proportional to the importance of the tokens not yet drawn."""
+    if (importance < 0).any():
+        raise ValueError("importance must be non-negative")
+    n, length = importance.shape
+    keep = num_visible(length, ratio)
+    visible = torch.zeros(n, length, dtype=torch.bool)
+    if keep:
+        weights = importance.detach().float().cpu().clamp(min=1e-12)  # rows with < K positive weights still fill up
+        ids = torch.multinomial(weights, keep, replacement=False, generator=generator)  # [N, K]
+        visible[torch.arange(n)[:, None], ids] = True
+    return visible.to(importance.device)
 
 
 class DynamicAlignment(nn.Module):
@@ -74,11 +135,14 @@ class AlignedStudent(nn.Module):
 
 
 def maskalign_loss(student: AlignedStudent, teacher: nn.Module, images: torch.Tensor, visible: torch.Tensor,
-                   teacher_layers: Sequence[int], **loss_kwargs) -> torch.Tensor:
+                   teacher_layers: Sequence[int], targets: Sequence[torch.Tensor] | None = None,
+                   **loss_kwargs) -> torch.Tensor:
     """MaskAlign's objective: the student sees the visible tokens, the frozen teacher the intact image; the
     student's aligned predictions match the teacher's ``teacher_layers`` at the visible tokens.
+    ``targets``: those teacher hidden states if already computed (``teacher_view``), else the teacher runs.
     ``loss_kwargs`` go to ``feature_alignment_loss`` (loss, target_norm, weights, reduction)."""
-    targets = teacher_tokens(teacher, images, teacher_layers)
+    if targets is None:
+        targets = teacher_view(teacher, images, teacher_layers)[0]
     preds, _ = student(images, visible)
     return feature_alignment_loss(preds, targets, visible, **loss_kwargs)
 
@@ -104,10 +168,14 @@ class FeatureReconstructor(nn.Module):
 
 
 def reconstruction_loss(student: FeatureReconstructor, teacher: nn.Module, images: torch.Tensor,
-                        visible: torch.Tensor, teacher_layer: int, **loss_kwargs) -> torch.Tensor:
+                        visible: torch.Tensor, teacher_layer: int, target: torch.Tensor | None = None,
+                        **loss_kwargs) -> torch.Tensor:
     """Masked feature reconstruction: the student's decoder output matches the teacher's ``teacher_layer``
-    features of the intact image at the *removed* tokens. ``loss_kwargs`` as in ``maskalign_loss``."""
-    target = teacher_tokens(teacher, images, [teacher_layer])[0][:, 1:]  # [N, L, Dt], no [CLS]
+    features of the intact image at the *removed* tokens. ``target``: that hidden state [N, 1+L, Dt] if
+    already computed, else the teacher runs. ``loss_kwargs`` as in ``maskalign_loss``."""
+    if target is None:
+        target = teacher_view(teacher, images, [teacher_layer])[0][0]
+    target = target[:, 1:]  # [N, L, Dt], no [CLS]
     pred, _ = student(images, visible)
     return feature_alignment_loss([pred], [target], ~visible, cls=False, **loss_kwargs)
 
