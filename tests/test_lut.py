@@ -4,7 +4,7 @@ import torch
 from companion.methods.masked_image_modeling import lut
 from companion import train
 from companion.models import MAE, MAEConfig
-from companion import masking, masks, mim
+from companion import masking, masks
 
 
 def tiny_lut(seed=0):
@@ -97,21 +97,42 @@ def test_teacher_is_a_frozen_moving_average_of_the_student():
     assert not torch.equal(w_t, w_s) and not torch.equal(w_t, w_0)
 
 
-def test_masked_losses_match_the_mae_loss_and_a_flat_fill_reference():
-    mae = tiny_lut().mae
-    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    visible = masks.token_ratio_mask(6, 16, 0.75, torch.Generator().manual_seed(1))
-    model_loss, reference = lut.masked_losses(mae, x, visible)
-    assert model_loss.shape == reference.shape == (6,)
-    assert model_loss.mean() == pytest.approx(mae(x, token_mask=visible)[0].item(), rel=1e-5)
-    assert torch.allclose(reference, mim.mean_fill_loss(x, visible, 2), atol=1e-6)
-    mae.cfg.norm_pix_loss = True  # normalised targets: a flat prediction is 0 and scores the normalised patch's
-    # mean square, (P - 1) / P for P = 12 values (the target is normalised by the unbiased variance)
-    assert torch.allclose(lut.masked_losses(mae, x, visible)[1], torch.full((6,), 11 / 12), atol=1e-3)
-
-
 def test_blur_view_is_the_packages_gaussian_blur():
     x = torch.rand(64, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     out = lut.photometric(x, torch.Generator().manual_seed(1), jitter_p=0.0)
     blurred = (out - masking.gaussian_blur(x, lut.BLUR_SIGMA)).flatten(1).abs().amax(1) < 1e-6
     assert blurred.any() and not blurred.all()
+
+
+def test_control_queries_pool_every_token_of_unmasked_views():
+    model = tiny_lut()
+    objective = lut.LUTObjective(0.75, 0.25, 0.9, pad=1, generator=torch.Generator().manual_seed(0), views="full")
+    objective(model, torch.rand(8, 3, 8, 8))  # the first call creates the teacher
+    seen = []
+    encode = model.encode_pooled  # spy on the student only
+    model.encode_pooled = lambda x, visible=None: seen.append(None if visible is None else visible.sum(1)) or encode(
+        x, visible)
+    objective(model, torch.rand(8, 3, 8, 8))
+    assert seen == [None]  # one student pass over whole views; the masked view 1 goes to the MAE only
+    with pytest.raises(ValueError, match="views"):
+        lut.LUTObjective(views="shared")
+
+
+def test_control_is_paired_with_mae_and_lut():
+    _, _, plain = run(0.0)
+    _, _, with_bc = run(0.25)
+    model = tiny_lut()
+    objective = lut.LUTObjective(0.75, 0.25, 0.9, pad=1, generator=torch.Generator().manual_seed(0), views="full")
+    control = train.fit(model, torch.rand(32, 3, 8, 8, generator=torch.Generator().manual_seed(5)), None, 4,
+                        batch_size=8, seed=0, device="cpu", loss_fn=objective, progress=False)
+    # same weights, batch, views and masks at step 0: the reconstruction loss of view 1 is the same in all three
+    assert control.metrics["mae"][0] == pytest.approx(plain.metrics["mae"][0], abs=1e-5)
+    assert control.metrics["mae"][0] == pytest.approx(with_bc.metrics["mae"][0], abs=1e-5)
+    assert all(0 <= v <= 4 for v in control.metrics["bc"])
+
+
+def test_step_costs_rank_mae_below_lut_below_the_control():
+    batch = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    cost = {name: lut.step_flops(tiny_lut(), lut.LUTObjective(0.75, w, 0.9, pad=1, views=views), batch)
+            for name, w, views in [("mae", 0.0, "disjoint"), ("lut", 0.25, "disjoint"), ("control", 0.25, "full")]}
+    assert 0 < cost["mae"] < cost["lut"] < cost["control"]

@@ -15,7 +15,10 @@ objective on the tokens the encoder *sees* ("broader contextualisation"). Each s
 
 Mask convention: as in ``companion.models.mae``, token masks are bool ``(N, L)`` with **True = visible**.
 Setting ``bc_weight=0`` in :class:`LUTObjective` gives plain MAE on view 1 with the *same* random draws
-(views, masks, batches), so a baseline and LUT run are paired.
+(views, masks, batches), so a baseline and LUT run are paired. ``views="full"`` is the control that is not in
+the paper: the same loss and teacher, but each student query pools *every* token of its view (no masking, so
+no disjoint visible sets): MAE plus a BYOL-style global objective, which separates "learning with the unmasked
+tokens of the masked views" from "adding any global objective".
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ... import mim, train
+from ... import distill, train
 from ...masking import gaussian_blur
 from ...masks.tokens import disjoint_masks
 from ...models.mae import MAE
@@ -152,17 +155,21 @@ class LUTObjective(train.Objective):
     same order as the reference code's update after each optimizer step, with the momentum of
     :func:`momentum_at` at ``fit``'s ``step`` of ``total``. With ``bc_weight=0`` neither the second view nor
     the teacher is run, but every random draw is the same, so the run is the paired plain-MAE baseline.
+    ``views="disjoint"`` is LUT (each query pools the visible tokens of its masked view); ``views="full"`` the
+    control whose queries pool every token of the unmasked views (the reconstruction and the draws unchanged).
     Returns ``{"loss", "mae"}`` plus, with ``bc_weight > 0``, ``"bc"`` and ``"momentum"``: ``fit`` logs them
     per step in ``History.metrics``.
     """
 
     def __init__(self, ratio: float = 0.75, bc_weight: float = 0.25, momentum: float = 0.996, pad: int = 2,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, views: str = "disjoint"):
+        if views not in ("disjoint", "full"):
+            raise ValueError(f"views must be 'disjoint' (LUT) or 'full' (control), got {views!r}")
         if bc_weight < 0:
             raise ValueError(f"bc_weight must be >= 0, got {bc_weight}")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-        self.ratio, self.bc_weight, self.momentum, self.pad = ratio, bc_weight, momentum, pad
+        self.ratio, self.bc_weight, self.momentum, self.pad, self.views = ratio, bc_weight, momentum, pad, views
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.teacher: LUT | None = None
 
@@ -171,7 +178,8 @@ class LUTObjective(train.Objective):
         view1, view2 = two_views(x, self.pad, self.generator)
         visible1, visible2 = (v.to(x.device) for v in disjoint_masks(n, model.mae.num_patches, self.ratio,
                                                                      self.generator))
-        if self.bc_weight > 0:  # both views keep K patches, so one encoder pass serves both: [2N, 1+K, D]
+        masked_queries = self.bc_weight > 0 and self.views == "disjoint"
+        if masked_queries:  # both views keep K patches, so one encoder pass serves both: [2N, 1+K, D]
             enc, pooled = model.encode_pooled(torch.cat([view1, view2]), torch.cat([visible1, visible2]))
             latent1, ids_restore1 = enc.latent[:n], enc.ids_restore[:n]
         else:
@@ -188,6 +196,8 @@ class LUTObjective(train.Objective):
                 p.requires_grad_(False)
         else:
             ema_update(self.teacher, model, m)
+        if not masked_queries:  # the control: each view's query pools every token of the unmasked view, [2N, D]
+            pooled = model.encode_pooled(torch.cat([view1, view2]))[1]
         # each view's query passes the heads on its own (BatchNorm statistics per view, as in the repo)
         queries = torch.cat([model.predictor(model.projector(p)) for p in pooled.chunk(2)])  # [2N, D]
         with torch.no_grad():
@@ -197,24 +207,13 @@ class LUTObjective(train.Objective):
         return {"loss": mae_loss + self.bc_weight * bc, "mae": mae_loss.detach(), "bc": bc.detach(), "momentum": m}
 
 
-@torch.no_grad()
-def masked_losses(mae: MAE, imgs: torch.Tensor, visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image, the MAE's reconstruction loss on the removed patches and a zero-skill reference's.
-
-    The reference predicts every removed patch as flat: the image's mean visible colour for pixel targets
-    (``mim.patch_mean_fill_loss``), 0 for normalised-pixel targets (``norm_pix_loss``, where any flat patch
-    normalises to 0). imgs [N, C, H, W], visible [N, L] bool → ((N,), (N,)) on the CPU; eval mode.
-    """
-    model_loss = mim.per_image_loss(mae, imgs, lambda n, g: visible, None, batch_size=len(imgs))
-    x, v = imgs.to(next(mae.parameters()).device), visible.to(next(mae.parameters()).device)
-    if mae.cfg.norm_pix_loss:
-        removed = (~v).float()
-        flat = mae.forward_loss(x, torch.zeros_like(mae.patchify(x)), v, reduction="none")  # [N, L]
-        reference = ((flat * removed).sum(1) / removed.sum(1).clamp(min=1)).cpu()
-    else:
-        reference = mim.patch_mean_fill_loss(mae, x, v).cpu()
-    return model_loss, reference
+def step_flops(model: LUT, objective: LUTObjective, batch: torch.Tensor) -> int:
+    """Counted FLOPs (``companion.distill.count_flops``: matrix multiplies and attention, forward and backward,
+    the teacher's no-grad passes included) of one training step of ``objective`` on ``batch`` [N, C, H, W],
+    run on a deep copy of ``model``. Pass an objective built for counting: the call draws from its generator and
+    creates its teacher."""
+    return distill.training_step_flops(copy.deepcopy(model).train(), lambda m, x, y: objective(m, x)["loss"], batch)
 
 
-__all__ = ["LUT", "LUTObjective", "bc_loss", "crop_flip", "masked_losses", "mlp_head", "momentum_at",
-           "photometric", "two_views"]
+__all__ = ["LUT", "LUTObjective", "bc_loss", "crop_flip", "mlp_head", "momentum_at",
+           "photometric", "step_flops", "two_views"]
