@@ -168,3 +168,17 @@ def test_objective_on_a_plain_mae_is_the_mae_loss():
     expected = model(x, token_mask=masks.token_ratio_mask(4, 16, 0.75, torch.Generator().manual_seed(0)))[0]
     assert torch.allclose(out["loss"], expected) and torch.equal(out["loss"], out["pretext"])
     assert out["predictor"] == 0.0 and out["hard_fraction"] == 0.0
+
+
+def test_with_loss_predictor_carries_every_pretrained_weight_and_adds_a_fresh_predictor():
+    plain = make(False).eval()
+    for p in plain.parameters():
+        p.requires_grad_(False)
+    with_lp = hpm.with_loss_predictor(plain, seed=3)
+    assert with_lp.loss_predictor is not None and with_lp.training
+    assert all(p.requires_grad for p in with_lp.parameters())
+    assert all(torch.equal(v, with_lp.state_dict()[k]) for k, v in plain.state_dict().items())
+    again = hpm.with_loss_predictor(plain, seed=3)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in with_lp.state_dict().items())
+    x, visible = images(), masks.token_ratio_mask(4, 16, 0.75, torch.Generator().manual_seed(0))
+    assert torch.allclose(plain(x, token_mask=visible)[1], with_lp.eval()(x, token_mask=visible)[1])

@@ -148,3 +148,17 @@ class HPMObjective(train.Objective):
             predictor = relative_loss(scores, per_patch.detach(), ~visible)
             loss = pretext + self.predictor_weight * predictor
         return {"loss": loss, "pretext": pretext.detach(), "predictor": predictor.detach(), "hard_fraction": fraction}
+
+
+def with_loss_predictor(model: MAE, seed: int = 0) -> MAE:
+    """A trainable copy of a (pretrained) MAE with HPM's loss predictor added: every weight of ``model``
+    carried over, the predictor branch freshly initialised from ``seed`` (the start of an HPM arm that
+    continues a pretrained MAE)."""
+    from dataclasses import replace
+
+    torch.manual_seed(seed)
+    out = MAE(replace(model.cfg, loss_predictor=True))
+    missing, unexpected = out.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("loss_predictor.") for k in missing):
+        raise ValueError(f"model does not match: missing {missing}, unexpected {unexpected}")
+    return out.to(next(model.parameters()).device).train().requires_grad_(True)
