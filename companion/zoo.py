@@ -7,7 +7,8 @@ them there. The key hashes the config, the data and the source of ``companion.mo
 lock (``filelock``) makes parallel workers — ``companion run-all --jobs 2``, pytest-xdist — train each teacher
 once: the second worker waits and loads.
 
-Training is deterministic on the CPU, so a loaded teacher equals a freshly trained one bit for bit, and a
+Training is deterministic on the CPU (and runs on one thread, since float sums depend on the thread count),
+so a loaded teacher equals a freshly trained one bit for bit on any machine, and a
 notebook's numbers do not depend on whether the cache was warm.
 
 Named entries (``register``) are what ``companion zoo build [NAME ...]`` (and ``make zoo``) trains ahead
@@ -112,7 +113,12 @@ def cached(name: str, config: dict, build: Callable[[], nn.Module], train: Calla
         if path.exists():
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         else:
-            train(model)
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # CPU results depend on the thread count: one thread, the same weights anywhere
+            try:
+                train(model)
+            finally:
+                torch.set_num_threads(threads)
             model = model.cpu()
             tmp = path.with_suffix(".tmp")
             torch.save(model.state_dict(), tmp)
