@@ -10,8 +10,8 @@ goes through ``train.fit`` (``targets=None``; measurements along training with i
   at a subset of the tokens (MaskAlign: the visible ones; masked feature reconstruction: the removed ones) or
   at every token.
 * measurements: ``ridge_readout`` / ``readout_cosine`` (how well a linear map of the student's features
-  predicts the teacher's, per held-out image), ``visible_features``, ``tokens_to_grid``, and ``count_flops`` /
-  ``training_step_flops`` (deterministic training cost).
+  predicts the teacher's, per held-out image), ``visible_features`` and ``tokens_to_grid``. Training cost is counted by
+  :func:`companion.eval.training_step_flops`.
 
 Mask convention (as in ``companion.masks`` and ``companion.models.mae``): a token mask is bool ``(N, L)`` with
 **True = visible** (seen by the student). Token tensors carry the [CLS] token first: ``[N, 1+L, D]`` for the
@@ -175,31 +175,6 @@ def tokens_to_grid(values: torch.Tensor, visible: torch.Tensor, fill: float = 0.
     return grid.view(len(visible), side, side)
 
 
-def count_flops(fn: Callable[[], object]) -> int:
-    """Floating-point operations of ``fn()`` (matrix multiplies, convolutions and attention, forward and any
-    backward it runs) counted by ``torch.utils.flop_counter`` — deterministic, unlike wall-clock time.
-
-    The CPU kernels of ``scaled_dot_product_attention`` are counted with torch's own attention formulas.
-    Element-wise work (norms, activations, the optimizer update) is not counted, as usual for FLOP budgets.
-    """
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
-
-    def forward_flops(q, k, v, *_, out_shape=None, **__):  # arguments arrive as shapes
-        return sdpa_flop_count(q, k, v)
-
-    def backward_flops(grad_out, q, k, v, *_, out_shape=None, **__):
-        return sdpa_backward_flop_count(grad_out, q, k, v)
-
-    aten = torch.ops.aten
-    custom = {}
-    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
-        custom[aten._scaled_dot_product_flash_attention_for_cpu] = forward_flops
-        custom[aten._scaled_dot_product_flash_attention_for_cpu_backward] = backward_flops
-    with FlopCounterMode(display=False, custom_mapping=custom) as counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
 @torch.no_grad()
 def visible_features(encoder: nn.Module, images: torch.Tensor, visible: torch.Tensor,
                      batch_size: int = 256) -> torch.Tensor:
@@ -215,15 +190,5 @@ def visible_features(encoder: nn.Module, images: torch.Tensor, visible: torch.Te
     return out
 
 
-def training_step_flops(model: nn.Module, loss_fn: Callable, batch: torch.Tensor) -> int:
-    """FLOPs of one training step's forward and backward, ``loss_fn(model, batch, None).backward()``
-    (``count_flops``); the gradients it leaves are cleared. Pass a loss function whose random masks come
-    from a generator of its own, so counting does not shift the training run's masks."""
-    flops = count_flops(lambda: loss_fn(model, batch, None).backward())
-    model.zero_grad(set_to_none=True)
-    return flops
-
-
-__all__ = ["block_outputs", "count_flops", "feature_alignment_loss", "gather_visible", "normalise_target",
-           "readout_cosine", "ridge_readout", "teacher_tokens", "tokens_to_grid", "training_step_flops",
-           "visible_features"]
+__all__ = ["block_outputs", "feature_alignment_loss", "gather_visible", "normalise_target",
+           "readout_cosine", "ridge_readout", "teacher_tokens", "tokens_to_grid", "visible_features"]

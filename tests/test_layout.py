@@ -13,10 +13,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "companion"
 # import each other (what a second paper needs moves down into a core package).
 LAYERS = [
     ("runtime", "catalog", "metrics"),
-    ("data", "masks"),
+    ("data", "masks", "eval"),
     ("models", "params"),
     ("train",),
-    ("masking", "diffusion"),
+    ("masking", "diffusion", "attacks"),
     ("mim", "distill", "viz", "claims"),
     ("zoo",),
     ("methods",),

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from companion import distill, masks, train
+from companion.eval import training_step_flops
 from companion.methods.masked_image_modeling import maskalign
 from companion.models import MAE, ViT
 
@@ -102,9 +103,9 @@ def test_a_maskalign_step_costs_less_than_a_feature_reconstruction_step():
     student = maskalign.AlignedStudent(MAE(**arch, decoder_depth=0), maskalign.DynamicAlignment(4, 2, 64, 64))
     x = torch.rand(8, 3, 32, 32)
     visible = masks.token_ratio_mask(8, 64, 0.7, torch.Generator().manual_seed(0))
-    recon_flops = distill.training_step_flops(
+    recon_flops = training_step_flops(
         recon, lambda m, xb, y: maskalign.reconstruction_loss(m, teacher, xb, visible, 3), x)
-    align_flops = distill.training_step_flops(
+    align_flops = training_step_flops(
         student, lambda m, xb, y: maskalign.maskalign_loss(m, teacher, xb, visible, [2, 3]), x)
     assert 0 < align_flops < recon_flops
 

@@ -30,7 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ... import distill, train
+from ... import train
+from ...eval import training_step_flops
 from ...masking import gaussian_blur
 from ...masks.tokens import disjoint_masks
 from ...models.mae import MAE
@@ -208,11 +209,11 @@ class LUTObjective(train.Objective):
 
 
 def step_flops(model: LUT, objective: LUTObjective, batch: torch.Tensor) -> int:
-    """Counted FLOPs (``companion.distill.count_flops``: matrix multiplies and attention, forward and backward,
+    """Counted FLOPs (``companion.eval.count_flops``: matrix multiplies and attention, forward and backward,
     the teacher's no-grad passes included) of one training step of ``objective`` on ``batch`` [N, C, H, W],
     run on a deep copy of ``model``. Pass an objective built for counting: the call draws from its generator and
     creates its teacher."""
-    return distill.training_step_flops(copy.deepcopy(model).train(), lambda m, x, y: objective(m, x)["loss"], batch)
+    return training_step_flops(copy.deepcopy(model).train(), lambda m, x, y: objective(m, x)["loss"], batch)
 
 
 __all__ = ["LUT", "LUTObjective", "bc_loss", "crop_flip", "mlp_head", "momentum_at",

@@ -1,0 +1,9 @@
+"""Evaluation shared across families: counted FLOPs (:mod:`.flops`) and scores (:mod:`.scores`: multi-label
+mAP, bit accuracy, mask IoU, IoU@k, NoC). Import as ``from companion import eval as evaluation`` or name the
+functions (``from companion.eval import count_flops``): ``eval`` is also a Python builtin."""
+
+from .flops import count_flops, training_step_flops
+from .scores import bit_accuracy, iou_at_k, mask_iou, mean_average_precision, noc
+
+__all__ = ["bit_accuracy", "count_flops", "iou_at_k", "mask_iou", "mean_average_precision", "noc",
+           "training_step_flops"]

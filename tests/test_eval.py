@@ -1,0 +1,52 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from companion import eval as evaluation
+
+
+def test_count_flops_counts_matmuls_and_attention():
+    lin = torch.nn.Linear(8, 4, bias=False)
+    x = torch.randn(3, 8)
+    assert evaluation.count_flops(lambda: lin(x)) == 2 * 3 * 8 * 4
+    q = torch.randn(1, 2, 5, 4)
+    assert evaluation.count_flops(lambda: F.scaled_dot_product_attention(q, q, q)) == 2 * (2 * 1 * 2 * 5 * 5 * 4)
+
+
+def test_training_step_flops_is_deterministic_and_clears_gradients():
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 1))
+    loss_fn = lambda m, x, y: m(x).square().mean()
+    x = torch.randn(4, 6)
+    a = evaluation.training_step_flops(model, loss_fn, x)
+    # forward 2·4·(6·5 + 5·1); backward: both weight gradients, and the input gradient of the second layer only
+    assert a == 2 * 4 * (6 * 5 + 5 * 1) + 2 * 4 * (6 * 5 + 5 * 1) + 2 * 4 * 5 * 1
+    assert a == evaluation.training_step_flops(model, loss_fn, x)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_mean_average_precision_by_hand():
+    labels = torch.tensor([[1, 0], [0, 1], [1, 1], [0, 0]])
+    scores = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.1, 0.3], [0.5, 0.4]])
+    # class 0: ranking 0.9(+) 0.5(-) 0.2(-) 0.1(+) → AP = (1 + 2/4) / 2; class 1: 0.8(+) 0.4(-) 0.3(+) → (1 + 2/3) / 2
+    expected = ((1 + 2 / 4) / 2 + (1 + 2 / 3) / 2) / 2
+    assert abs(evaluation.mean_average_precision(scores, labels) - expected) < 1e-9
+    # a class with no positive is left out rather than scored 0
+    with_empty = torch.cat([labels, torch.zeros(4, 1, dtype=labels.dtype)], 1)
+    assert evaluation.mean_average_precision(torch.cat([scores, torch.rand(4, 1)], 1), with_empty) == \
+        evaluation.mean_average_precision(scores, labels)
+
+
+def test_bit_accuracy_and_iou():
+    logits = torch.tensor([[2.0, -1.0, 0.5, -3.0]])
+    assert evaluation.bit_accuracy(logits, torch.tensor([[1, 0, 0, 0]])).tolist() == [0.75]
+    a = torch.zeros(2, 4, 4, dtype=torch.bool)
+    b = torch.zeros(2, 4, 4, dtype=torch.bool)
+    a[0, :2], b[0, 1:3] = True, True  # 4 shared of 12 pixels
+    assert evaluation.mask_iou(a, b).tolist() == pytest.approx([4 / 12, 1.0])
+
+
+def test_noc_and_iou_at_k():
+    ious = torch.tensor([[0.5, 0.86, 0.95], [0.2, 0.3, 0.4], [0.91, 0.6, 0.92]])
+    assert evaluation.noc(ious, 0.85).tolist() == [2.0, 3.0, 1.0]
+    assert evaluation.noc(ious, 0.90).tolist() == [3.0, 3.0, 1.0]
+    assert evaluation.iou_at_k(ious, 1).tolist() == pytest.approx([0.5, 0.2, 0.91])
