@@ -16,6 +16,10 @@ The contract:
 
 ``fit`` returns a :class:`History`: the per-step losses (a list, for plotting) with ``metrics`` and
 ``checkpoints``. The model is left in eval mode on the accelerator's device.
+
+Contrastive losses over two views (z1, z2 of N scenes): :func:`info_nce` (SimCLR's NT-Xent),
+:func:`multilabel_supcon` (hard or Jaccard-weighted positives) and :func:`soft_contrastive` (SoftCon: targets
+from label-vector similarity).
 """
 
 from __future__ import annotations
@@ -146,3 +150,92 @@ def predict(fn: Callable[[torch.Tensor], torch.Tensor], *tensors: torch.Tensor, 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(-1) == labels).float().mean().item()
+
+
+# ----------------------------------------------------------------------------------------------------
+# contrastive losses over two views: ``z1[i]`` and ``z2[i]`` embed two augmentations of scene ``i``. Each
+# loss stacks them into 2N embeddings; an embedding is never compared with itself, and its other view is a
+# positive. ``labels`` (N, C) are the scenes' multi-hot label vectors.
+
+
+def _two_view_logits(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(2N, 2N) cosine similarities / ``temperature`` of the stacked views, and the (2N, 2N) bool self mask."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    return z @ z.T / temperature, eye
+
+
+def _partner(n: int, device=None) -> torch.Tensor:
+    """(2N,) index of each stacked embedding's other view."""
+    i = torch.arange(n, device=device)
+    return torch.cat([i + n, i])
+
+
+def _soft_cross_entropy(logits: torch.Tensor, eye: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of ``-sum_j w_ij log softmax_j(logits_i) / sum_j w_ij``, self pairs left out of both."""
+    logp = torch.log_softmax(logits.masked_fill(eye, float("-inf")), dim=1).masked_fill(eye, 0.0)
+    weights = weights.masked_fill(eye, 0.0)
+    return (-(weights * logp).sum(1) / weights.sum(1)).mean()
+
+
+def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """SimCLR's NT-Xent: z1, z2 (N, D); each of the 2N embeddings has its other view as the only positive and
+    the other 2N - 2 as negatives (softmax over cosine / ``temperature``). Uses no labels. Scalar."""
+    logits, eye = _two_view_logits(z1, z2, temperature)
+    return F.cross_entropy(logits.masked_fill(eye, float("-inf")), _partner(len(z1), z1.device))
+
+
+def label_similarity(labels: torch.Tensor) -> torch.Tensor:
+    """(N, C) multi-hot (or non-negative) label vectors -> (N, N) cosine similarity in [0, 1] (0 for an
+    all-zero vector)."""
+    y = F.normalize(labels.float(), dim=1)
+    return y @ y.T
+
+
+def multilabel_supcon(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, temperature: float = 0.2,
+                      weighting: str = "any") -> torch.Tensor:
+    """Multi-label SupCon (Khosla et al.'s L_out, the mean of -log softmax over an anchor's positives), z1, z2
+    (N, D), labels (N, C) multi-hot. ``weighting="any"``: the hard form — every other embedding whose scene
+    shares at least one label is a positive with weight 1; ``"jaccard"``: positives weighted by the Jaccard
+    overlap of the two label sets. The anchor's other view is always a positive with weight 1. Scalar."""
+    n = len(z1)
+    logits, eye = _two_view_logits(z1, z2, temperature)
+    y = torch.cat([labels, labels]).float()
+    inter = y @ y.T
+    if weighting == "any":
+        w = (inter > 0).float()
+    elif weighting == "jaccard":
+        union = y.sum(1, keepdim=True) + y.sum(1) - inter
+        w = inter / union.clamp_min(1.0)
+    else:
+        raise ValueError(f"weighting must be 'any' or 'jaccard', not {weighting!r}")
+    idx = torch.arange(2 * n, device=z1.device)
+    w = w.index_put((idx, _partner(n, z1.device)), torch.ones(2 * n, device=z1.device))
+    return _soft_cross_entropy(logits, eye, w)
+
+
+def soft_contrastive(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, temperature: float = 0.2,
+                     form: str = "softmax") -> torch.Tensor:
+    """SoftCon's soft contrastive loss (Wang et al. 2024; no training code is public, so the form is our
+    reading): the target of a pair is the cosine similarity of the two scenes' label vectors
+    (:func:`label_similarity`, 1 for the two views of one scene), the prediction is the embeddings' cosine /
+    ``temperature``. z1, z2 (N, D), labels (N, C). Scalar.
+
+    - ``form="softmax"``: row-wise soft cross-entropy — each row of targets normalised to sum to 1 against the
+      softmax over the other 2N - 1 embeddings. With one-hot labels the target is 1 on same-class pairs and 0
+      elsewhere, and this is exactly single-label SupCon's L_out (:func:`multilabel_supcon`, either weighting).
+    - ``form="bce"``: binary cross-entropy of ``sigmoid(cosine / temperature)`` against each target, averaged
+      over all off-diagonal pairs. With one-hot labels it is the pairwise sigmoid loss with same-class pairs as
+      positives and all other pairs as negatives.
+    """
+    n = len(z1)
+    logits, eye = _two_view_logits(z1, z2, temperature)
+    target = label_similarity(torch.cat([labels, labels]))
+    idx = torch.arange(2 * n, device=z1.device)
+    target = target.index_put((idx, _partner(n, z1.device)), torch.ones(2 * n, device=z1.device))
+    if form == "softmax":
+        return _soft_cross_entropy(logits, eye, target)
+    if form == "bce":
+        off = ~eye
+        return F.binary_cross_entropy_with_logits(logits[off], target[off])
+    raise ValueError(f"form must be 'softmax' or 'bce', not {form!r}")

@@ -50,3 +50,21 @@ def test_noc_and_iou_at_k():
     assert evaluation.noc(ious, 0.85).tolist() == [2.0, 3.0, 1.0]
     assert evaluation.noc(ious, 0.90).tolist() == [3.0, 3.0, 1.0]
     assert evaluation.iou_at_k(ious, 1).tolist() == pytest.approx([0.5, 0.2, 0.91])
+
+
+def test_layer_flops_and_active_channel_flops_against_a_hand_count():
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1, bias=False)
+    model = torch.nn.Sequential(conv, torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(6, 2))
+    x = torch.randn(3, 4, 5, 5)
+    dense = evaluation.layer_flops(model, x, {"conv": conv, "fc": model[4]})
+    # 2 FLOPs per multiply-add: conv 5·5 positions · 6 filters · 4·3·3 weights; linear 6·2
+    assert dense == {"conv": 2 * 25 * 6 * 36, "fc": 2 * 6 * 2}
+    total = evaluation.count_flops(lambda: model(x[:1]))
+    assert total == sum(dense.values())
+    # input 0: half the conv's input channels and 3 of 6 outputs (so 3 of the linear's inputs); input 1: all
+    flops = evaluation.active_channel_flops(total, dense, {"conv": torch.tensor([0.5, 1.0]), "fc": torch.tensor([0.5, 1.0])},
+                                            {"conv": torch.tensor([0.5, 1.0])})
+    assert flops.tolist() == [2 * 25 * 3 * 2 * 9 + 2 * 3 * 2, total]
+    with pytest.raises(ValueError, match="did not run"):
+        evaluation.layer_flops(model, x, {"other": torch.nn.Linear(2, 2)})

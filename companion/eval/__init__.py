@@ -2,8 +2,8 @@
 mAP, bit accuracy, mask IoU, IoU@k, NoC). Import as ``from companion import eval as evaluation`` or name the
 functions (``from companion.eval import count_flops``): ``eval`` is also a Python builtin."""
 
-from .flops import count_flops, training_step_flops
+from .flops import active_channel_flops, count_flops, layer_flops, training_step_flops
 from .scores import bit_accuracy, iou_at_k, mask_iou, mean_average_precision, noc
 
-__all__ = ["bit_accuracy", "count_flops", "iou_at_k", "mask_iou", "mean_average_precision", "noc",
-           "training_step_flops"]
+__all__ = ["active_channel_flops", "bit_accuracy", "count_flops", "iou_at_k", "layer_flops", "mask_iou",
+           "mean_average_precision", "noc", "training_step_flops"]

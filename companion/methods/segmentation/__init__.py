@@ -1,0 +1,1 @@
+"""Interactive and promptable segmentation: TETRIS (robustness to click positions)."""
