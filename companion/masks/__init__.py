@@ -22,9 +22,11 @@ from .image import (
                     silhouette,
                     superpixels,
 )
+from .freeform import free_form
 from .tokens import disjoint_masks, hard_patch_mask, num_visible, token_ratio_mask, token_to_pixel_mask
 
 __all__ = ["attention", "nm", "NOISE_COLOURS", "background_blocks", "background_patches", "colour_noise",
            "colour_noise_mask", "grid_segments", "radial_power_spectrum", "random_blocks", "random_patches",
+           "free_form",
            "segments_to_mask", "silhouette", "superpixels", "disjoint_masks", "hard_patch_mask", "num_visible",
            "token_ratio_mask", "token_to_pixel_mask"]

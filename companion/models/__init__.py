@@ -10,10 +10,11 @@ from .layers import MLP, Attention, Block, KVCache, PatchEmbed, attention_map_ho
 from .mae import MAE, MAEConfig, mae_tiny
 from .resnet import Bottleneck, ResNet50, load_torchvision_weights, resnet50
 from .seq2seq import Seq2Seq, Seq2SeqConfig
+from .unet import UNet
 from .video_mae import VideoMAE, VideoMAEConfig
 from .vit import ViT, ViTConfig
 
 __all__ = ["BasicBlock", "ResNet", "SmallCNN", "resnet18_like", "ViT", "ViTConfig", "MAE", "MAEConfig", "mae_tiny",
-           "VideoMAE", "VideoMAEConfig", "Seq2Seq", "Seq2SeqConfig", "GPT", "GPTConfig", "KVCache",
+           "VideoMAE", "VideoMAEConfig", "Seq2Seq", "Seq2SeqConfig", "UNet", "GPT", "GPTConfig", "KVCache",
            "Attention", "Block", "MLP", "PatchEmbed", "attention_map_hook",
            "Bottleneck", "ResNet50", "resnet50", "load_torchvision_weights"]

@@ -1,0 +1,1 @@
+"""Diffusion and image editing: watermarking and protection of images against editing."""
