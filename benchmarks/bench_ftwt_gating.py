@@ -1,6 +1,6 @@
 """Benchmark: how much of FTWT's counted FLOPs saving reaches CPU wall-clock time, at batch 1.
 
-One dense toy VGG (``ftwt_pruning.VGGLike``, three stages of two conv-BN-ReLU blocks) is trained on the shape
+One dense toy VGG (a VGG-style ``SmallCNN``, three stages of two conv-BN-ReLU blocks) is trained on the shape
 scenes, then FTWT-gated at each threshold (network and predictors fine-tuned, decoupled, as in the notebook). On
 the same test scenes, one at a time, side by side in one run (timings interleaved round-robin, median of
 ``--repeats`` passes over ``--scenes`` scenes):
@@ -24,30 +24,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 
 import torch
 
+from companion import runtime
 from companion.data.images import make_shapes
 from companion.eval import count_flops
 from companion.masking import gating
 from companion.methods.parameter_masks import ftwt_pruning
+from companion.models.cnn import SmallCNN
 from companion.train import fit
-
-
-def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict:
-    """Median seconds of each fn, timed round-robin so drifts in machine load hit all alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:
@@ -65,7 +51,7 @@ def main() -> None:
     torch.manual_seed(0)
     train_set, test = make_shapes(4000, args.size, seed=0), make_shapes(args.scenes, args.size, seed=1)
     w = args.width
-    base = ftwt_pruning.VGGLike(3, 4, stages=((w, w), (2 * w, 2 * w), (4 * w, 4 * w)))
+    base = SmallCNN(3, 4, widths=((w, w), (2 * w, 2 * w), (4 * w, 4 * w)))
     fit(base, train_set.images, train_set.labels, args.base_steps, batch_size=64, lr=3e-3, seed=0,
                            device="cpu", progress=False)
     base = base.cpu().eval()
@@ -92,7 +78,7 @@ def main() -> None:
 
         fns = {"dense": run(base), "skip open": run(lambda s: ftwt_pruning.skipping_forward(open_gates, s))}
         fns.update({f"skip {t}": run(lambda s, g=g: ftwt_pruning.skipping_forward(g, s)) for t, g in gated.items()})
-        times = interleaved(fns, args.repeats)
+        times = runtime.interleaved_timings(fns, args.repeats)
     flops = {t: gating.per_input_flops(g, x, head=g.net.fc).mean().item() for t, g in gated.items()}
     open_flops = gating.per_input_flops(open_gates, x, head=open_gates.net.fc).mean().item()
 

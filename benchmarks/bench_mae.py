@@ -21,35 +21,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from companion import runtime
+from companion.eval import count_flops
 from companion.models import mae_tiny
 
 RATIOS = (0.0, 0.75)
-
-
-def interleaved(fns: dict, repeats: int, warmup: int = 3) -> dict:
-    """Median seconds of each fn, timed round-robin so drifts in machine load hit all alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def flops(fn) -> int:
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
 
 
 def step_breakdown(model, x, ratio: float, opt, repeats: int) -> dict:
@@ -88,7 +67,7 @@ def step_breakdown(model, x, ratio: float, opt, repeats: int) -> dict:
         model(x, ratio, generator=g())[0].backward()
 
     whole_fwd_bwd()  # gradients in place for the optimizer
-    return interleaved({"encoder fwd": enc_fwd, "encoder fwd+bwd": enc_fwd_bwd, "decoder fwd": dec_fwd,
+    return runtime.interleaved_timings({"encoder fwd": enc_fwd, "encoder fwd+bwd": enc_fwd_bwd, "decoder fwd": dec_fwd,
                         "decoder fwd+bwd": dec_fwd_bwd, "loss fwd": loss_fwd, "whole fwd": whole_fwd,
                         "whole fwd+bwd": whole_fwd_bwd, "AdamW step": opt.step}, repeats)
 
@@ -115,8 +94,8 @@ def main() -> None:
             model.forward_encoder(x, ratio=ratio, generator=seed.manual_seed(0)).latent.square().mean().backward()
         return run
 
-    enc_t = interleaved({r: encoder_step(r) for r in RATIOS}, args.repeats)
-    enc_flops = {r: flops(encoder_step(r)) for r in RATIOS}
+    enc_t = runtime.interleaved_timings({r: encoder_step(r) for r in RATIOS}, args.repeats)
+    enc_flops = {r: count_flops(encoder_step(r)) for r in RATIOS}
     print("\n(a) encoder forward+backward")
     for r in RATIOS:
         print(f"  mask {r:4.0%}: {enc_t[r] * 1e3:7.1f} ms   {enc_flops[r] / 1e9:6.2f} GFLOP")
@@ -141,13 +120,13 @@ def main() -> None:
     optimizers = {"AdamW": torch.optim.AdamW(model.parameters(), lr=1e-4)}
     if args.fused:
         optimizers["AdamW(fused)"] = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    step_flops = {r: flops(fwd_bwd(r)) for r in RATIOS}
+    step_flops = {r: count_flops(fwd_bwd(r)) for r in RATIOS}
     flop_ratio = step_flops[0.0] / step_flops[0.75]
     print("\n(b) whole MAE training step (decoder + AdamW)")
     for r in RATIOS:
         print(f"  mask {r:4.0%}: {step_flops[r] / 1e9:6.2f} GFLOP (forward+backward)")
     for name, opt in optimizers.items():
-        t = interleaved({r: train_step(r, opt) for r in RATIOS}, args.repeats)
+        t = runtime.interleaved_timings({r: train_step(r, opt) for r in RATIOS}, args.repeats)
         speed = t[0.0] / t[0.75]
         print(f"  {name:12s} 0 %: {t[0.0] * 1e3:7.1f} ms  75 %: {t[0.75] * 1e3:7.1f} ms  speed-up {speed:.2f}x  "
               f"FLOP ratio {flop_ratio:.2f}x  -> {speed / flop_ratio:.2f} of the FLOP ratio (target >= 0.85)")

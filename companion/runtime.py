@@ -100,3 +100,20 @@ class progress:
         self.postfix = {k: (f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in values.items()}
         if self.bar is not None:
             self.bar.set_postfix(self.postfix, refresh=False)
+
+
+def interleaved_timings(fns: dict, repeats: int, warmup: int = 2) -> dict:
+    """Median wall-clock seconds of each zero-argument function in ``fns`` (name → fn), after ``warmup`` calls each,
+    timed round-robin so drifts in machine load hit all alike: the benchmarks' one timer."""
+    import statistics
+
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}

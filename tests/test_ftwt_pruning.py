@@ -8,11 +8,12 @@ import torch
 from companion.eval import count_flops
 from companion.masking import gating
 from companion.methods.parameter_masks import ftwt_pruning
+from companion.models.cnn import SmallCNN
 
 
-def _net(seed=0) -> ftwt_pruning.VGGLike:
+def _net(seed=0) -> SmallCNN:
     torch.manual_seed(seed)
-    return ftwt_pruning.VGGLike(3, 4, stages=((4, 4), (8, 8))).eval()
+    return SmallCNN(3, 4, widths=((4, 4), (8, 8))).eval()
 
 
 def _gated_with_random_predictors(seed=0, threshold=0.8) -> gating.GatedNet:

@@ -58,20 +58,23 @@ class _Classifier(nn.Module):
 
 
 class SmallCNN(_Classifier):
-    """A few conv3x3-BN-ReLU stages, one per entry of ``widths``, with MaxPool2d(2) between stages.
+    """A few conv3x3-BN-ReLU stages, one per entry of ``widths``, with MaxPool2d(2) between stages. An entry may
+    be a tuple of widths: that stage is several blocks, VGG-style (``widths=((8, 8), (16, 16), (32, 32))``).
 
     With the default widths a 32x32 input gives an (N, 64, 8, 8) feature map; about 24k parameters.
     """
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 4, widths: tuple[int, ...] = (16, 32, 64)):
+    def __init__(self, in_channels: int = 3, num_classes: int = 4,
+                 widths: tuple[int | tuple[int, ...], ...] = (16, 32, 64)):
         super().__init__()
         layers: list[nn.Module] = []
         prev = in_channels
-        for i, width in enumerate(widths):
+        for i, stage in enumerate(widths):
             if i > 0:
                 layers.append(nn.MaxPool2d(2))
-            layers.append(conv_bn_relu(prev, width))
-            prev = width
+            for width in (stage if isinstance(stage, tuple) else (stage,)):
+                layers.append(conv_bn_relu(prev, width))
+                prev = width
         self.features = nn.Sequential(*layers)
         self._build_head(prev, num_classes)
 

@@ -1,7 +1,8 @@
-"""Fire Together Wire Together at toy scale: a VGG-like CNN, FTWT gating against static L1 pruning at matched FLOPs.
+"""Fire Together Wire Together at toy scale: FTWT gating of a VGG-style ``SmallCNN`` against static L1 pruning
+at matched FLOPs.
 
 The gating itself (predictors, top-mass targets, the decoupled loss, L1 filter pruning, per-input FLOPs) is
-:mod:`companion.masking.gating`; this module holds what only this notebook needs: the small VGG, the FLOPs
+:mod:`companion.masking.gating`; this module holds what only this notebook needs: the FLOPs
 matching of the L1 baseline, the threshold's FLOPs estimate, per-class channel usage, and a forward pass that
 really skips inactive channels (batch 1), for the benchmark.
 """
@@ -18,35 +19,6 @@ import torch.nn.functional as F
 from ...claims import bootstrap_interval
 from ...eval import active_channel_flops, count_flops, layer_flops
 from ...masking import gating
-from ...models.cnn import conv_bn_relu
-
-
-class VGGLike(nn.Module):
-    """VGG-style stack of ``conv_bn_relu`` blocks: ``stages`` is a tuple of stages, each a tuple of widths, with
-    MaxPool2d(2) between stages; global average pool and a linear head.
-    (N, in_channels, H, W) → (N, num_classes); the feature map is (N, stages[-1][-1], H / 2**(S-1), W / 2**(S-1)).
-    """
-
-    def __init__(self, in_channels: int = 3, num_classes: int = 4,
-                 stages: tuple[tuple[int, ...], ...] = ((16, 16), (32, 32), (64, 64))):
-        super().__init__()
-        layers: list[nn.Module] = []
-        prev = in_channels
-        for s, widths in enumerate(stages):
-            if s > 0:
-                layers.append(nn.MaxPool2d(2))
-            for w in widths:
-                layers.append(conv_bn_relu(prev, w))
-                prev = w
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(prev, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.features(x)).flatten(1))
 
 
 @torch.no_grad()
@@ -145,11 +117,11 @@ def channel_usage(masks: list[torch.Tensor], labels: torch.Tensor, n_classes: in
 
 @torch.no_grad()
 def skipping_forward(gated: gating.GatedNet, x: torch.Tensor) -> torch.Tensor:
-    """A :class:`VGGLike` wrapped in a predicted-gate :class:`gating.GatedNet`, run on **one** input (1, C, H, W)
-    so that inactive channels are never computed: each block's predictor reads the compact input (its 1x1
-    weights sliced to the active input channels), then the conv runs with its weights sliced to the active
-    output and input channels and BN uses the matching running statistics. Equals ``gated.eval()(x)``.
-    Needs eval mode (running BN statistics), ``pool=1`` predictors and ``gate="predicted"``."""
+    """A VGG-style :class:`~companion.models.cnn.SmallCNN` wrapped in a predicted-gate :class:`gating.GatedNet`,
+    run on **one** input (1, C, H, W) so that inactive channels are never computed: each block's predictor reads
+    the compact input (its 1x1 weights sliced to the active input channels), then the conv runs with its weights
+    sliced to the active output and input channels and BN uses the matching running statistics. Equals
+    ``gated.eval()(x)``. Needs eval mode (running BN statistics), ``pool=1`` predictors and ``gate="predicted"``."""
     if len(x) != 1 or gated.gate != "predicted" or gated.training:
         raise ValueError("skipping_forward runs one input through an eval-mode predicted-gate network")
     net = gated.net
@@ -170,5 +142,5 @@ def skipping_forward(gated: gating.GatedNet, x: torch.Tensor) -> torch.Tensor:
     return F.linear(h.mean(dim=(2, 3)), net.fc.weight[:, active], net.fc.bias)
 
 
-__all__ = ["VGGLike", "channel_usage", "estimated_flops", "flops_match_interval", "l1_baseline",
+__all__ = ["channel_usage", "estimated_flops", "flops_match_interval", "l1_baseline",
            "match_l1", "predict", "record_masks", "skipping_forward", "static_flops"]
