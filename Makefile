@@ -2,7 +2,7 @@
 #   make report   set up, build the zoo, run every notebook on the ci profile, build runs/index.html
 #   make test     set up, build the zoo (its time printed apart), run the tests (unit + every notebook)
 # and one to train the shared models ahead of the notebooks (they load them from runs/cache/zoo):
-#   make zoo      set up, then `companion zoo build` (one line per model with its time)
+#   make zoo      set up, then `companion zoo build --jobs 2` (one line per model with its time)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
@@ -31,7 +31,7 @@ data:
 	  echo "note: Fashion-MNIST not installed; its notebook sections will be skipped" )
 
 zoo: setup
-	$(VENV)/bin/companion zoo build
+	$(VENV)/bin/companion zoo build --jobs 2
 
 report: zoo
 	$(VENV)/bin/companion run-all --profile ci --jobs $(JOBS)

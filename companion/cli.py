@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     zsub.add_parser("list", help="the zoo's models")
     zb = zsub.add_parser("build", help="train (or load) the named models, all by default; one line each")
     zb.add_argument("names", nargs="*", metavar="NAME")
+    zb.add_argument("--jobs", type=_positive, default=1, metavar="N",
+                    help="train N models at once, each in its own process on one thread (default 1)")
     return ap
 
 
@@ -334,9 +336,18 @@ def cmd_zoo(args) -> int:
             print("the zoo has no models yet")
             return 0
         t0 = time.perf_counter()
-        for name in names:
-            seconds = zoo.build([name])[name]
-            print(f"{name}: {seconds:.1f} s", flush=True)
+        if args.jobs > 1 and len(names) > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(zoo._build_in_worker, name): name for name in zoo.build_order(names)}
+                for future in as_completed(futures):
+                    print(f"{futures[future]}: {future.result():.1f} s", flush=True)
+        else:
+            for name in names:
+                seconds = zoo.build([name])[name]
+                print(f"{name}: {seconds:.1f} s", flush=True)
     except KeyError as exc:
         return _fail(exc.args[0] if exc.args else str(exc))
     print(f"{len(names)} model{'s' if len(names) != 1 else ''} in {time.perf_counter() - t0:.1f} s; "

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 from filelock import FileLock
 
+from . import runtime
 from .catalog import project_root
 
 
@@ -37,18 +38,36 @@ def cache_dir() -> Path:
 
 
 REGISTRY: dict[str, Callable[[], nn.Module]] = {}
+AFTER: dict[str, tuple[str, ...]] = {}  # entry -> the entries it continues from (it loads them, or waits for them)
 
 
-def register(name: str):
-    """Register ``fn() -> model`` as the zoo entry ``name`` (it trains or loads through :func:`cached`)."""
+def register(name: str, after: Sequence[str] = ()):
+    """Register ``fn() -> model`` as the zoo entry ``name`` (it trains or loads through :func:`cached`);
+    ``after`` names the entries it starts from, so a parallel build schedules it after them."""
     def deco(fn):
         REGISTRY[name] = fn
+        AFTER[name] = tuple(after)
         return fn
     return deco
 
 
 def names() -> list[str]:
     return sorted(REGISTRY)
+
+
+def build_order(which: Sequence[str]) -> list[str]:
+    """``which`` with every entry after the entries it continues from (independent ones first, by name): the
+    order a parallel build hands them to its workers, so no worker sits waiting on another's lock early."""
+    def depth(name: str) -> int:
+        return 1 + max((depth(d) for d in AFTER.get(name, ())), default=-1)
+
+    return sorted(dict.fromkeys(which), key=lambda n: (depth(n), n))
+
+
+def _build_in_worker(name: str) -> float:
+    """A parallel build's unit of work: one entry in a fresh process (one line, not a live bar, per loop)."""
+    os.environ[runtime.BATCH_ENV] = "1"
+    return build([name])[name]
 
 
 def build(which: Sequence[str] | None = None) -> dict[str, float]:
@@ -222,7 +241,7 @@ def mim_mae(device: str = "auto") -> nn.Module:
                batch_size=R["batch_size"], device=device, sources=MIM_SOURCES, **MIM_ARCH, **MIM_MAE)
 
 
-@register("mim.simmim")
+@register("mim.simmim", after=("mim.mae",))
 def mim_simmim(device: str = "auto") -> nn.Module:
     """SimMIM (mask token in the encoder, linear head) started from ``mim_mae``'s encoder and trained
     ``simmim_steps`` more steps with random 75 % masks on the same corpus. Frozen."""

@@ -141,3 +141,11 @@ def test_mim_zoo_loads_bit_identical_to_a_fresh_build(tmp_path, monkeypatch):
 
 def test_named_entries_cover_the_mim_zoo():
     assert {"mim.mae", "mim.simmim", "mim.vit"} <= set(zoo.names())
+
+
+def test_build_order_puts_continuations_after_what_they_continue_from():
+    order = zoo.build_order(zoo.names())
+    assert set(order) == set(zoo.names())
+    for name, deps in zoo.AFTER.items():
+        assert all(order.index(d) < order.index(name) for d in deps)
+    assert order.index("mim.simmim") == len(order) - 1  # the only continuation: handed out last
