@@ -384,3 +384,134 @@ def tgm_video_warm_start(P: dict | None = None) -> nn.Module:
     return video_mae_warm_start(tgm_corpus(P).clips, P["warm_steps"], ratio=P["mask_ratio"],
                                 embed_dim=P["aligner_dim"], lr=P["lr"], batch_size=P["batch_size"],
                                 device=P.get("device", "auto"), sources=TGM_SOURCES, **tgm_arch(P, P["dim"]))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The diffusion family's text-to-image + inpainting model (prompt_to_prompt, diffusionguard, blended_video_edit;
+# maskunet starts from the early checkpoint) and the shapes feature net (toy-FID features, attribute classifier).
+TOY_SD_SOURCES = ("models/layers.py", "models/unet.py", "models/unet1d.py", "models/toy_sd.py", "data/scenes.py",
+                  "data/images.py", "data/video.py", "diffusion/gaussian.py", "masks/freeform.py", "train.py")
+TOY_SD_RECIPE = dict(corpus=20000, corpus_seed=100, num_steps=100, early_steps=300, steps=700, batch_size=64,
+                     lr=2e-3, caption_drop=0.1, inpaint=0.5, seed=0)
+
+
+def toy_sd_corpus():
+    """The captioned 16×16 scenes ``toy_sd`` trains on (``data.scenes.make_scenes``, seed ``corpus_seed``); the
+    notebooks draw their scenes with other seeds."""
+    from .data.scenes import make_scenes
+
+    R = TOY_SD_RECIPE
+    return make_scenes(R["corpus"], seed=R["corpus_seed"])
+
+
+def toy_sd_schedule():
+    """The noise schedule ``toy_sd`` is trained with (cosine, ``num_steps`` levels)."""
+    from .diffusion.gaussian import Schedule
+
+    return Schedule(TOY_SD_RECIPE["num_steps"])
+
+
+def _toy_sd_train(model: nn.Module, steps: int, seed: int, desc: str, device: str) -> None:
+    """``steps`` of the ε-prediction loss on the corpus: captions dropped (all ``<pad>``) with probability
+    ``caption_drop``; a share ``inpaint`` of the rows gets an inpainting condition whose mask (1 = fill) is, in
+    equal shares, a free-form stroke mask, the objects or the background."""
+    from .data.scenes import PAD
+    from .diffusion.gaussian import diffusion_loss
+    from .masks.freeform import free_form
+    from .models.toy_sd import to_model
+    from .train import fit
+
+    R = TOY_SD_RECIPE
+    corpus = toy_sd_corpus()
+    inputs = torch.cat([to_model(corpus.images), corpus.objects.any(1, keepdim=True).float()], dim=1)
+    sched = toy_sd_schedule()
+    g = torch.Generator().manual_seed(seed + 1)
+
+    def loss_fn(m, xo, captions):
+        x0, objects = xo[:, :3], xo[:, 3:]
+        n, size = len(x0), x0.shape[-1]
+        drop = torch.rand(n, generator=g) < R["caption_drop"]
+        captions = torch.where(drop[:, None].to(captions.device), PAD, captions)
+        kind = torch.randint(0, 3, (n,), generator=g)
+        inpaint = (torch.rand(n, generator=g) < R["inpaint"]).float()
+        strokes = free_form(n, size, torch.empty(n).uniform_(0.2, 0.6, generator=g), generator=g).float()
+        mask = torch.stack([strokes.view(n, 1, size, size).to(x0), objects, 1 - objects])[kind, torch.arange(n)]
+        mask = mask * inpaint.view(n, 1, 1, 1).to(x0)
+        cond = {"captions": captions, "mask": mask, "masked": x0 * (1 - mask)}
+        return diffusion_loss(m, x0, sched, cond, generator=g)
+
+    fit(model, inputs, corpus.captions, steps, batch_size=R["batch_size"], lr=R["lr"], seed=seed, device=device,
+        loss_fn=loss_fn, desc=desc)
+
+
+def _toy_sd_build() -> nn.Module:
+    from .models.toy_sd import ToySD
+
+    torch.manual_seed(TOY_SD_RECIPE["seed"])
+    return ToySD()
+
+
+@register("toy_sd.early")
+def toy_sd_early(device: str = "auto") -> nn.Module:
+    """``ToySD`` after ``early_steps`` steps of the recipe: the under-trained base of maskunet. Frozen."""
+    from .runtime import resolve_device
+
+    R = TOY_SD_RECIPE
+    config = dict(recipe=R, stage="early", device=resolve_device(device).type)
+    return cached("toy_sd_early", config, _toy_sd_build,
+                  lambda m: _toy_sd_train(m, R["early_steps"], R["seed"], "zoo: toy_sd (early)", device),
+                  sources=TOY_SD_SOURCES)
+
+
+@register("toy_sd", after=("toy_sd.early",))
+def toy_sd(device: str = "auto") -> nn.Module:
+    """``ToySD`` trained ``steps`` more steps from ``toy_sd_early`` (a fresh cosine schedule, another batch
+    seed): the text-to-image and inpainting model of the editing notebooks. Frozen."""
+    from .runtime import resolve_device
+
+    R = TOY_SD_RECIPE
+    start = toy_sd_early(device)
+    config = dict(recipe=R, stage="full", device=resolve_device(device).type)
+
+    def train(model):
+        model.load_state_dict(start.state_dict())
+        _toy_sd_train(model, R["steps"], R["seed"] + 10, "zoo: toy_sd", device)
+
+    return cached("toy_sd", config, _toy_sd_build, train, sources=TOY_SD_SOURCES)
+
+
+FEATNET_SOURCES = ("models/cnn.py", "data/scenes.py", "data/images.py", "data/video.py", "train.py")
+FEATNET_RECIPE = dict(corpus=6000, corpus_seed=200, steps=300, batch_size=64, lr=3e-3, seed=0)
+
+
+def featnet_labels(colours: torch.Tensor, shapes: torch.Tensor) -> torch.Tensor:
+    """The joint class ``colour · 4 + shape`` of ``shapes_featnet`` (16 classes)."""
+    from .data.images import SHAPE_CLASSES
+
+    return colours * len(SHAPE_CLASSES) + shapes
+
+
+@register("shapes_featnet")
+def shapes_featnet(device: str = "auto") -> nn.Module:
+    """A ``SmallCNN`` trained on 16×16 single-object scenes (``data.scenes``) to tell the 16 colour × shape classes
+    (``featnet_labels``): its pooled features are the toy-FID features (``eval.toy_fid``), its logits the
+    attribute classifier of generated objects. Frozen."""
+    from .data.scenes import make_scenes
+    from .models.cnn import SmallCNN
+    from .runtime import resolve_device
+    from .train import fit
+
+    R = FEATNET_RECIPE
+    data = make_scenes(R["corpus"], two_objects=0.0, seed=R["corpus_seed"])
+    labels = featnet_labels(data.colours[:, 0], data.shapes[:, 0])
+    config = dict(recipe=R, device=resolve_device(device).type)
+
+    def build():
+        torch.manual_seed(R["seed"])
+        return SmallCNN(3, 16, widths=(16, 32, 64))
+
+    def train(model):
+        fit(model, data.images, labels, R["steps"], batch_size=R["batch_size"], lr=R["lr"], seed=R["seed"],
+            device=device, desc="zoo: shapes feature net")
+
+    return cached("shapes_featnet", config, build, train, (data.images, labels), sources=FEATNET_SOURCES)

@@ -68,3 +68,41 @@ def test_layer_flops_and_active_channel_flops_against_a_hand_count():
     assert flops.tolist() == [2 * 25 * 3 * 2 * 9 + 2 * 3 * 2, total]
     with pytest.raises(ValueError, match="did not run"):
         evaluation.layer_flops(model, x, {"other": torch.nn.Linear(2, 2)})
+
+
+def test_psnr_matches_scikit_image_and_masks():
+    from skimage.metrics import peak_signal_noise_ratio
+
+    from companion.eval import psnr
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(3, 3, 8, 8, generator=g)
+    b = (a + 0.1 * torch.randn(3, 3, 8, 8, generator=g)).clamp(0, 1)
+    expected = [peak_signal_noise_ratio(a[i].numpy(), b[i].numpy(), data_range=1.0) for i in range(3)]
+    assert torch.allclose(psnr(a, b), torch.tensor(expected, dtype=torch.float32), atol=1e-4)
+    mask = torch.zeros(3, 1, 8, 8, dtype=torch.bool)
+    mask[..., :4] = True
+    b2 = b.clone()
+    b2[..., 4:] = 0  # changes outside the mask do not count
+    assert torch.allclose(psnr(a, b, mask=mask), psnr(a, b2, mask=mask))
+
+
+def test_frechet_distance_zero_for_equal_sets_and_the_mean_shift_term():
+    from companion.eval import frechet_distance
+
+    f = torch.randn(400, 4, generator=torch.Generator().manual_seed(0))
+    assert abs(frechet_distance(f, f)) < 1e-6
+    assert frechet_distance(f, f + 2.0) == pytest.approx(4 * 4.0, rel=1e-6)  # covariances equal: ‖Δμ‖² only
+
+
+def test_denoising_loss_by_bucket_is_paired_and_zero_for_the_true_noise():
+    from companion.diffusion.gaussian import Schedule
+    from companion.eval import denoising_loss_by_bucket
+
+    sched = Schedule(40)
+    x0 = torch.zeros(5, 1, 4, 4)  # x_t = √(1−ᾱ) ε: the oracle reads ε back
+    oracle = lambda x, t, c: x / (1 - sched._ab(t, x)).sqrt()  # noqa: E731
+    zero = lambda x, t, c: torch.zeros_like(x)  # noqa: E731
+    a = denoising_loss_by_bucket(oracle, x0, sched, buckets=4, generator=torch.Generator().manual_seed(3))
+    b = denoising_loss_by_bucket(zero, x0, sched, buckets=4, generator=torch.Generator().manual_seed(3))
+    assert a.shape == (5, 4) and a.abs().max() < 1e-8 and b.min() > 0

@@ -10,7 +10,8 @@ The sampler's hooks, all applied after every step (the order below):
 - ``mask_noise``: extra Gaussian noise of this standard deviation added inside the unknown region (everywhere when
   there is no ``known_mask``), never after the last step;
 - ``known`` / ``known_mask``: inpainting by replacement, the known entries replaced by ``known`` noised to the level
-  the step reached (exactly ``known`` at the end);
+  the step reached (exactly ``known`` at the end); ``known`` may instead be a function ``known(level)`` giving
+  the known entries at that level (``-1`` = clean), e.g. a DDIM inversion's latents (blended editing);
 - ``project(x, cond)``: any projection, e.g. PDPP's conditioned entries written back (also applied to the start);
 - ``resample`` / ``jump_length``: RePaint's schedule (Lugmayr et al. 2022, ``get_schedule_jump``): after descending
   ``jump_length`` steps, go back up ``jump_length`` steps by forward noising and redo them, ``resample - 1`` extra
@@ -153,7 +154,7 @@ def sample(model, shape, sched: Schedule, *, cond=None, prediction: str = "eps",
            known: torch.Tensor | None = None, known_mask: torch.Tensor | None = None, resample: int = 1,
            jump_length: int = 1, mask_noise: float = 0.0, clip: float | None = None,
            generator: torch.Generator | None = None, progress: str | None = None,
-           callback: Callable | None = None, device=None) -> torch.Tensor:
+           callback: Callable | None = None, device=None, start: torch.Tensor | None = None) -> torch.Tensor:
     """Draw samples of ``shape`` (N, C, ...) from ``model`` by DDPM (ancestral) or DDIM steps; returns x (the last
     step's output, after the hooks).
 
@@ -161,8 +162,8 @@ def sample(model, shape, sched: Schedule, *, cond=None, prediction: str = "eps",
     ``steps`` of them); ``"ddim"`` uses Song et al.'s update with ``eta`` (0 = deterministic). ``clip`` clamps x0_hat
     to [-clip, clip]. ``callback(level, x_t, x0_hat)`` sees every model evaluation (level = the input's level).
     ``progress`` is a description for :class:`companion.runtime.progress`; ``device`` where x lives (default: the
-    device of ``known``, else the CPU); noise is drawn on ``generator``'s device. See the module docstring for the
-    hooks.
+    device of ``known``, else the CPU); noise is drawn on ``generator``'s device. ``start`` replaces the initial
+    noise x_T (e.g. a DDIM inversion's last latent). See the module docstring for the hooks.
     """
     if sampler not in ("ddpm", "ddim"):
         raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
@@ -171,7 +172,7 @@ def sample(model, shape, sched: Schedule, *, cond=None, prediction: str = "eps",
     if (known is None) != (known_mask is None):
         raise ValueError("known and known_mask go together")
     if device is None:
-        device = known.device if known is not None else "cpu"
+        device = start.device if start is not None else known.device if torch.is_tensor(known) else "cpu"
     grid = levels(sched, sampler, steps) + [-1]           # position p -> level; the last position is clean
     walk = jump_schedule(len(grid) - 1, resample, jump_length) if known is not None else list(range(len(grid)))
     unknown = None if known_mask is None else ~known_mask.to(device).bool()
@@ -182,14 +183,18 @@ def sample(model, shape, sched: Schedule, *, cond=None, prediction: str = "eps",
             extra = mask_noise * _randn_like(x, generator)
             x = x + (extra if unknown is None else extra * unknown)
         if known is not None:
-            k = known.to(x) if level < 0 else sched.q_sample(known.to(x), torch.full((x.shape[0],), level),
-                                                              generator=generator)
+            if callable(known):
+                k = known(level).to(x)
+            else:
+                k = known.to(x) if level < 0 else sched.q_sample(known.to(x), torch.full((x.shape[0],), level),
+                                                                  generator=generator)
             x = torch.where(unknown, x, k)
         if project is not None:
             x = project(x, cond)
         return x
 
-    x = hooks(_randn_like(torch.empty(tuple(shape), device=device), generator), 0)
+    x = _randn_like(torch.empty(tuple(shape), device=device), generator) if start is None else start.to(device)
+    x = hooks(x, 0)
     moves = list(zip(walk[:-1], walk[1:]))
     for p, q in runtime.progress(iterable=moves, desc=progress or "", enabled=progress is not None, unit="moves"):
         if q < p:                                          # RePaint: back up one step by forward noising
@@ -225,3 +230,44 @@ def sample(model, shape, sched: Schedule, *, cond=None, prediction: str = "eps",
                 x = x + var.sqrt() * _randn_like(x, generator)
         x = hooks(x, q)
     return x
+
+
+@torch.no_grad()
+def ddim_invert(model, x0: torch.Tensor, sched: Schedule, steps: int | None = None, cond=None,
+                progress: str | None = None) -> list[torch.Tensor]:
+    """DDIM inversion (η = 0): the deterministic DDIM update run backwards, clean → noisiest, on the grid that
+    ``sample(..., sampler="ddim", steps=steps)`` descends. Returns the latents at every visited level, ``x0``
+    (clean) first and x_T last; ``sample(start=out[-1], sampler="ddim", steps=steps)`` maps x_T back to about
+    ``x0`` (exactly only in the limit of small steps: each step uses the noise predicted where it starts).
+    ``out[i]`` sits at level ``levels(sched, "ddim", steps)[::-1][i - 1]`` for i ≥ 1."""
+    grid = levels(sched, "ddim", steps)[::-1]  # ascending: the levels sample() visits, noisiest last
+    x, out = x0, [x0]
+    for t_from, t_to in runtime.progress(iterable=list(zip([-1] + grid[:-1], grid)), desc=progress or "",
+                                         enabled=progress is not None, unit="steps"):
+        t = torch.full((x.shape[0],), max(t_from, 0), device=x.device, dtype=torch.long)
+        eps = model(x, t, cond)
+        ab_from = sched._ab(torch.full_like(t, t_from), x)
+        ab_to = sched._ab(torch.full_like(t, t_to), x)
+        x0_hat = (x - (1 - ab_from).sqrt() * eps) / ab_from.sqrt()
+        x = ab_to.sqrt() * x0_hat + (1 - ab_to).sqrt() * eps
+        out.append(x)
+    return out
+
+
+def _cat(a, b):
+    """Two conditions concatenated along the batch: tensors, dicts of them (None values kept), or None."""
+    if a is None:
+        return None
+    if isinstance(a, dict):
+        return {k: _cat(a[k], b[k]) for k in a}
+    return torch.cat([a, b])
+
+
+def classifier_free(model, scale: float, null: Callable):
+    """Classifier-free guidance: ``fn(x, t, cond) = u + scale · (c − u)`` with c = ``model(x, t, cond)`` and
+    u = ``model(x, t, null(cond))``, both in one batched pass (``scale=1`` is the conditional model)."""
+    def guided(x, t, cond):
+        c, u = model(torch.cat([x, x]), torch.cat([t, t]), _cat(cond, null(cond))).chunk(2)
+        return u + scale * (c - u)
+
+    return guided

@@ -12,12 +12,17 @@ a middle block, and an up path that concatenates the level-0 skip. Each part is 
   resolution, on the up path; 1 = half resolution, the middle), through the package's one
   :class:`~companion.models.layers.Attention` (``cross=True``); context (N, S, context_dim) is projected to each
   level's width. Per-token maps can be recorded, replaced or re-weighted with ``layers.attention_map_hook``
-  (att (N, heads, H·W, S)).
+  (att (N, heads, H·W, S)); ``cross_attention_layers()`` names them;
+- ``self_attn_levels``: self-attention over the pixels of those levels (before the cross-attention), the same
+  ``Attention`` with the pixels themselves as context. Inside ``with net.cross_frame(frames):`` a batch laid out
+  as clips × ``frames`` consecutive frames attends, frame by frame, to the keys and values of the clip's first
+  frame and of the frame before it instead of its own (training-free temporal attention for video editing).
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -63,11 +68,36 @@ class CrossAttentionBlock(nn.Module):
         return x + out.transpose(1, 2).reshape(n, c, h, w)
 
 
+class SelfAttentionBlock(nn.Module):
+    """x + Attention(LayerNorm(pixels), keys/values from the same pixels — or, with ``frames`` set, from the
+    clip's first and previous frames): (N, C, H, W) → (N, C, H, W)."""
+
+    def __init__(self, channels: int, heads: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        self.attn = Attention(channels, heads, cross=True)
+        self.frames: int | None = None  # set by ``UNet.cross_frame``
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        tokens = self.norm(x.flatten(2).transpose(1, 2))  # (N, H·W, C)
+        context = tokens
+        if self.frames is not None:
+            if n % self.frames:
+                raise ValueError(f"a cross-frame batch holds whole clips of {self.frames} frames, got {n} images")
+            clip = tokens.view(n // self.frames, self.frames, h * w, c)
+            previous = torch.cat([clip[:, :1], clip[:, :-1]], dim=1)  # frame f-1 (frame 0 for the first)
+            context = torch.cat([clip[:, :1].expand_as(clip), previous], dim=2).reshape(n, 2 * h * w, c)
+        out, _ = self.attn(tokens, context=context)
+        return x + out.transpose(1, 2).reshape(n, c, h, w)
+
+
 class UNet(nn.Module):
     """A two-level UNet, called as ``net(x, t=None, context=None, extra=None)`` (see the module doc)."""
 
     def __init__(self, in_channels: int = 3, out_channels: int | None = None, channels=(32, 64), time_dim: int = 0,
-                 extra_channels: int = 0, context_dim: int = 0, attn_levels=(1,), heads: int = 4):
+                 extra_channels: int = 0, context_dim: int = 0, attn_levels=(1,), heads: int = 4,
+                 self_attn_levels=()):
         super().__init__()
         c0, c1 = channels
         self.in_channels, self.out_channels = in_channels, out_channels or in_channels
@@ -82,10 +112,31 @@ class UNet(nn.Module):
         self.up_block = ResBlock(2 * c0, c0, time_dim)
         self.attn = nn.ModuleDict({str(lvl): CrossAttentionBlock((c0, c1)[lvl], context_dim, heads)
                                    for lvl in attn_levels} if context_dim else {})
+        self.self_attn = nn.ModuleDict({str(lvl): SelfAttentionBlock((c0, c1)[lvl], heads) for lvl in self_attn_levels})
         self.out = nn.Sequential(_norm(c0), nn.SiLU(), nn.Conv2d(c0, self.out_channels, 3, padding=1))
 
     def _attend(self, level: int, h: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        if str(level) in self.self_attn:
+            h = self.self_attn[str(level)](h)
         return self.attn[str(level)](h, context) if str(level) in self.attn else h
+
+    def cross_attention_layers(self) -> dict[str, Attention]:
+        """The caption cross-attention layers by name (``"level0"``, ``"level1"``): the maps an editor reads."""
+        return {f"level{lvl}": block.attn for lvl, block in self.attn.items()}
+
+    @contextmanager
+    def cross_frame(self, frames: int):
+        """Inside, self-attention reads keys and values from each clip's first and previous frames (module doc)."""
+        blocks = list(self.self_attn.values())
+        if not blocks:
+            raise ValueError("this UNet has no self-attention (build it with self_attn_levels)")
+        for b in blocks:
+            b.frames = frames
+        try:
+            yield self
+        finally:
+            for b in blocks:
+                b.frames = None
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, context: torch.Tensor | None = None,
                 extra: torch.Tensor | None = None) -> torch.Tensor:
