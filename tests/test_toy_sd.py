@@ -67,7 +67,7 @@ def test_attention_control_stores_per_level_and_replacing_own_maps_changes_nothi
     with ctl.store():
         plain = gaussian.sample(ctl, (2, 3, 16, 16), sched, cond=cond, sampler="ddim", steps=4, start=start)
     assert sorted(ctl.maps["level0"]) == sorted(gaussian.levels(sched, "ddim", 4))
-    assert ctl.mean_maps("level1").shape == (2, 64, 4)
+    assert ctl.mean_maps("level1").shape == (2, 64, 5)  # the start token and 4 words
     with ctl.replace([0], [1], until=0):  # row 1 = row 0 (same prompt, same start): its own maps
         replaced = gaussian.sample(ctl, (2, 3, 16, 16), sched, cond=cond, sampler="ddim", steps=4, start=start)
     assert torch.allclose(replaced, plain, atol=1e-5)
@@ -79,6 +79,6 @@ def test_attention_control_stores_per_level_and_replacing_own_maps_changes_nothi
     with ctl.replace([0], [1], until=0):
         swapped = gaussian.sample(ctl, (2, 3, 16, 16), sched, cond=cond, sampler="ddim", steps=4, start=other)
     assert torch.equal(swapped[0], alone[0]) and not torch.allclose(swapped[1], alone[1], atol=1e-4)
-    with ctl.reweight(1, 0.0, [1]):
+    with ctl.reweight(2, 0.0, [1]):
         muted = gaussian.sample(ctl, (2, 3, 16, 16), sched, cond=cond, sampler="ddim", steps=4, start=start)
     assert torch.allclose(muted[0], plain[0], atol=1e-5) and not torch.allclose(muted[1], plain[1], atol=1e-4)

@@ -4,7 +4,10 @@ The structural stand-in for Stable Diffusion in the editing notebooks: the packa
 :class:`~companion.models.unet.UNet` with a time embedding, caption cross-attention at both levels (16×16 and
 8×8), self-attention at 8×8 and four extra input channels for inpainting, ``[mask, masked image]`` (zeros =
 plain text-to-image), as in SD's inpainting UNet. The caption encoder is a word embedding plus a learned
-position embedding per slot (no transformer: each word's cross-attention map belongs to that word alone).
+position embedding per slot (no transformer: each word's cross-attention map belongs to that word alone),
+after a learned start token, as CLIP's text encoder puts ``<|startoftext|>`` first: pixels that belong to no
+word (the background) can put their attention there instead of on a word. Cross-attention maps are therefore
+(N, heads, H·W, 1 + 4): key 0 is the start token, key ``k + TOKEN_OFFSET`` the caption's word k.
 
 Called as ``model(x_t, t, cond) -> eps`` (the ``companion.diffusion.gaussian`` convention) with ``cond`` a dict:
 ``"captions"`` (N, 4) long ids into ``data.scenes.VOCAB``; optional ``"mask"`` (N, 1, H, W) float, 1 = the
@@ -32,19 +35,24 @@ def from_model(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) / 2).clamp(0, 1)
 
 
+TOKEN_OFFSET = 1  # cross-attention key of caption word k: k + TOKEN_OFFSET (key 0 = the start token)
+
+
 class ToySD(nn.Module):
     """Text-to-image + inpainting UNet (module doc); ``unet`` is the package UNet."""
 
     def __init__(self, channels=(32, 64), time_dim: int = 64, text_dim: int = 32, heads: int = 4):
         super().__init__()
         self.embed = nn.Embedding(len(VOCAB), text_dim)
+        self.start = nn.Parameter(torch.randn(1, 1, text_dim) * 0.02)
         self.pos = nn.Parameter(torch.randn(1, CAPTION_LEN, text_dim) * 0.02)
         self.unet = UNet(3, 3, channels, time_dim=time_dim, extra_channels=4, context_dim=text_dim,
                          attn_levels=(0, 1), heads=heads, self_attn_levels=(1,))
 
     def encode(self, captions: torch.Tensor) -> torch.Tensor:
-        """(N, 4) ids → caption tokens (N, 4, text_dim)."""
-        return self.embed(captions) + self.pos
+        """(N, 4) ids → the start token and the caption's word tokens (N, 1 + 4, text_dim)."""
+        words = self.embed(captions) + self.pos
+        return torch.cat([self.start.expand(len(words), -1, -1), words], dim=1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         mask, masked = cond.get("mask"), cond.get("masked")
