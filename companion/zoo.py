@@ -414,7 +414,8 @@ def toy_sd_schedule():
 def _toy_sd_train(model: nn.Module, steps: int, seed: int, desc: str, device: str) -> None:
     """``steps`` of the ε-prediction loss on the corpus: captions dropped (all ``<pad>``) with probability
     ``caption_drop``; a share ``inpaint`` of the rows gets an inpainting condition whose mask (1 = fill) is, in
-    equal shares, a free-form stroke mask, the objects or the background."""
+    equal shares, a free-form stroke mask, the objects or the background; the other rows are text-to-image
+    (mask all ones: everything to fill, nothing known)."""
     from .data.scenes import PAD
     from .diffusion.gaussian import diffusion_loss
     from .masks.freeform import free_form
@@ -436,7 +437,8 @@ def _toy_sd_train(model: nn.Module, steps: int, seed: int, desc: str, device: st
         inpaint = (torch.rand(n, generator=g) < R["inpaint"]).float()
         strokes = free_form(n, size, torch.empty(n).uniform_(0.2, 0.6, generator=g), generator=g).float()
         mask = torch.stack([strokes.view(n, 1, size, size).to(x0), objects, 1 - objects])[kind, torch.arange(n)]
-        mask = mask * inpaint.view(n, 1, 1, 1).to(x0)
+        inpaint = inpaint.view(n, 1, 1, 1).to(x0)
+        mask = mask * inpaint + (1 - inpaint)  # text-to-image rows: fill everything
         cond = {"captions": captions, "mask": mask, "masked": x0 * (1 - mask)}
         return diffusion_loss(m, x0, sched, cond, generator=g)
 

@@ -42,15 +42,16 @@ def test_cross_frame_attention_over_one_frame_is_plain_self_attention():
     assert set(net.cross_attention_layers()) == {"level0", "level1"}
 
 
-def test_toy_sd_text_to_image_equals_an_all_zero_inpainting_condition():
+def test_toy_sd_text_to_image_is_inpainting_everything():
     torch.manual_seed(0)
     model = ToySD().eval()
     s = scenes.make_scenes(3, seed=1)
     x, t = to_model(s.images), torch.tensor([0, 10, 50])
-    zero = inpaint_cond(s.captions, x, torch.zeros(3, 1, 16, 16))
-    assert torch.equal(zero["masked"], x)  # nothing hidden: the masked image is the image
-    zero["masked"] = torch.zeros_like(x)
-    assert torch.allclose(model(x, t, {"captions": s.captions}), model(x, t, zero))
+    keep = inpaint_cond(s.captions, x, torch.zeros(3, 1, 16, 16))
+    assert torch.equal(keep["masked"], x)  # nothing to fill: the masked image is the image
+    everything = inpaint_cond(s.captions, x, torch.ones(3, 1, 16, 16))
+    assert torch.all(everything["masked"] == 0)
+    assert torch.allclose(model(x, t, {"captions": s.captions}), model(x, t, everything))
     assert torch.allclose(from_model(to_model(s.images)), s.images)
     null = model.null_cond({"captions": s.captions})
     assert torch.all(null["captions"] == scenes.PAD)

@@ -2,8 +2,8 @@
 
 The structural stand-in for Stable Diffusion in the editing notebooks: the package's one
 :class:`~companion.models.unet.UNet` with a time embedding, caption cross-attention at both levels (16×16 and
-8×8), self-attention at 8×8 and four extra input channels for inpainting, ``[mask, masked image]`` (zeros =
-plain text-to-image), as in SD's inpainting UNet. The caption encoder is a word embedding plus a learned
+8×8), self-attention at 8×8 and four extra input channels for inpainting, ``[mask, masked image]``, as in SD's inpainting UNet:
+plain text-to-image is the same model with everything to fill (mask all ones, masked image all zeros). The caption encoder is a word embedding plus a learned
 position embedding per slot (no transformer: each word's cross-attention map belongs to that word alone),
 after a learned start token, as CLIP's text encoder puts ``<|startoftext|>`` first: pixels that belong to no
 word (the background) can put their attention there instead of on a word. Cross-attention maps are therefore
@@ -11,7 +11,8 @@ word (the background) can put their attention there instead of on a word. Cross-
 
 Called as ``model(x_t, t, cond) -> eps`` (the ``companion.diffusion.gaussian`` convention) with ``cond`` a dict:
 ``"captions"`` (N, 4) long ids into ``data.scenes.VOCAB``; optional ``"mask"`` (N, 1, H, W) float, 1 = the
-region to fill, and ``"masked"`` (N, 3, H, W) the model-space image with that region zeroed. Images live in
+region to fill, and ``"masked"`` (N, 3, H, W) the model-space image with that region zeroed (both absent:
+text-to-image). Images live in
 [-1, 1] inside the model: :func:`to_model` / :func:`from_model` convert from and to [0, 1].
 """
 
@@ -59,8 +60,8 @@ class ToySD(nn.Module):
         if (mask is None) != (masked is None):
             raise ValueError("cond holds 'mask' and 'masked' together (inpainting) or neither (text-to-image)")
         n, _, h, w = x.shape
-        if mask is None:
-            extra = x.new_zeros(n, 4, h, w)
+        if mask is None:  # text-to-image: fill everything, nothing known
+            extra = torch.cat([x.new_ones(n, 1, h, w), x.new_zeros(n, 3, h, w)], dim=1)
         else:
             extra = torch.cat([mask.to(x), masked.to(x)], dim=1)
         return self.unet(x, t, self.encode(cond["captions"].to(x.device)), extra)
