@@ -10,9 +10,12 @@ names are declared in ``notebooks/params/<slug>.toml`` with the ``full`` value a
     min = 1
 
 Keys: ``ci`` and ``full`` (values), optional ``min``/``max`` (numbers, or each element of a list),
-``choices`` (allowed values), ``help``. ``profile``, ``seed``, ``device`` and ``out_dir`` are common to
-every notebook and declared here. A bad value raises :class:`ParamError` with a one-line message naming
-the parameter and what is allowed; the CLI turns it into exit code 2 before anything is written.
+``choices`` (allowed values), ``help``, and ``smoke``: a value for the test suite's determinism check, which
+runs the notebook twice at its ``smoke`` values (default: ``ci``) and compares the claims — small enough
+that both runs take seconds, large enough that every cell still runs (``smoke_overrides``). ``profile``,
+``seed``, ``device`` and ``out_dir`` are common to every notebook and declared here. A bad value raises
+:class:`ParamError` with a one-line message naming the parameter and what is allowed; the CLI turns it into
+exit code 2 before anything is written.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Spec:
     min: float | None = None
     max: float | None = None
     choices: tuple = field(default=())
+    smoke: Any = None  # the determinism check's value (None: the ci value)
 
     def default(self, profile: str) -> Any:
         return self.full if profile == "full" else self.ci
@@ -108,7 +112,7 @@ def specs(slug: str) -> dict[str, Spec]:
         with open(path, "rb") as f:
             for name, d in tomllib.load(f).items():
                 own[name] = Spec(name, d["ci"], d.get("full", d["ci"]), d.get("help", ""), d.get("min"), d.get("max"),
-                                 tuple(d.get("choices", ())))
+                                 tuple(d.get("choices", ())), d.get("smoke"))
     return {**COMMON, **own}
 
 
@@ -117,6 +121,11 @@ def profile_values(slug: str, profile: str) -> dict[str, Any]:
     if profile not in PROFILES:
         raise ParamError(f"profile={profile!r} is not allowed; choose one of {', '.join(PROFILES)}")
     return {name: s.default(profile) for name, s in specs(slug).items()} | {"profile": profile}
+
+
+def smoke_overrides(slug: str) -> dict[str, Any]:
+    """The parameters whose ``smoke`` value differs from ``ci``: the overrides of the determinism check."""
+    return {name: s.smoke for name, s in specs(slug).items() if s.smoke is not None and s.smoke != s.ci}
 
 
 def validate(slug: str, values: dict[str, Any]) -> dict[str, Any]:

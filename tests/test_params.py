@@ -1,6 +1,6 @@
 import pytest
 
-from companion import params
+from companion import catalog, params
 
 
 def test_layer_masking_profiles_differ_and_validate():
@@ -58,3 +58,11 @@ def test_missing_dataset_names_the_preparing_command(monkeypatch, tmp_path):
     with pytest.raises(params.ParamError, match="data_scripts/fashion_mnist.py"):
         params.check_data({"dataset": "fashion_mnist"})
     params.check_data({"dataset": "shapes"})
+
+
+@pytest.mark.parametrize("slug", [p.slug for p in catalog.implemented()])
+def test_smoke_values_are_valid_and_smaller(slug):
+    """The determinism check's ``smoke`` values pass the parameter's own checks."""
+    specs = params.specs(slug)
+    for name, value in params.smoke_overrides(slug).items():
+        assert specs[name].check(value) == value, name
