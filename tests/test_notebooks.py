@@ -42,13 +42,11 @@ def one_thread_per_kernel():
         yield
 
 
-ZOO_MODELS = ("supervised_vit", "mae")  # the model kinds the zoo's named entries train
-
-
 def zoo_files() -> set[str]:
+    """Every trained model in the zoo's cache (one file per name and cache key)."""
     from companion import zoo
 
-    return {p.name for kind in ZOO_MODELS for p in zoo.cache_dir().glob(f"{kind}-*.pt")}
+    return {p.name for p in zoo.cache_dir().glob("*.pt")}
 
 
 _RUNS: dict[str, runner.RunResult] = {}  # one papermill run per notebook and worker, whatever the test order
