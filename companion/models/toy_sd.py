@@ -2,11 +2,12 @@
 
 The structural stand-in for Stable Diffusion in the editing notebooks: the package's one
 :class:`~companion.models.unet.UNet` with a time embedding, caption cross-attention at both levels (16×16 and
-8×8), self-attention at 8×8 and four extra input channels for inpainting, ``[mask, masked image]``, as in SD's inpainting UNet:
-plain text-to-image is the same model with everything to fill (mask all ones, masked image all zeros). The caption encoder is a word embedding plus a learned
-position embedding per slot (no transformer: each word's cross-attention map belongs to that word alone),
-after a learned start token, as CLIP's text encoder puts ``<|startoftext|>`` first: pixels that belong to no
-word (the background) can put their attention there instead of on a word. Cross-attention maps are therefore
+8×8), self-attention at 8×8 and four extra input channels for inpainting, ``[mask, masked image]``, as in SD's
+inpainting UNet: plain text-to-image is the same model with everything to fill (mask all ones, masked image all
+zeros). The caption encoder is a word embedding plus a learned position embedding per slot (no transformer:
+each word's cross-attention map belongs to that word alone), after a learned start token, as CLIP's text encoder
+puts ``<|startoftext|>`` first: pixels that belong to no word (the background) can put their attention there
+instead of on a word. Cross-attention maps are therefore
 (N, heads, H·W, 1 + 4): key 0 is the start token, key ``k + TOKEN_OFFSET`` the caption's word k.
 
 Called as ``model(x_t, t, cond) -> eps`` (the ``companion.diffusion.gaussian`` convention) with ``cond`` a dict:
