@@ -1,4 +1,12 @@
-"""Attacks on a model's inputs. Clicks: white-box optimisation of continuous click coordinates (TETRIS).
+"""Attacks on a model's inputs: L∞ PGD on an input (averaged over random masks where asked), and white-box
+optimisation of continuous click coordinates (TETRIS).
+
+:func:`pgd_linf` is projected gradient ascent (or descent) with sign steps (Madry et al. 2018) on any tensor
+input — images, spectrograms, waveforms. The perturbation lives in an L∞ ball of radius ``eps`` around the clean
+input, optionally only inside a ``region`` (elsewhere it stays exactly zero), and the perturbed input stays inside
+``bounds``. When a loss depends on a random mask (an inpainting mask, a masked span), ``draw`` supplies a fresh
+mask per gradient sample and the gradient is averaged over ``samples`` of them per step (expectation over
+transformations, DiffusionGuard's mask augmentation); each step costs ``samples`` forward+backward passes.
 
 :func:`optimise_clicks` moves one click per image along the gradient of a differentiable score (for a
 segmenter: soft IoU of its prediction, computed through the Gaussian click map of
@@ -64,3 +72,48 @@ def optimise_clicks(score_fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch
             direction = grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-12)
             coords = project_inside(coords + sign * step_size * (steps - step) / steps * direction, regions)
     return best_coords, best
+
+
+def pgd_linf(loss_fn: Callable, x: torch.Tensor, eps: float, steps: int, step_size: float, *,
+             region: torch.Tensor | None = None, draw: Callable[[int, int], object] | None = None,
+             samples: int = 1, bounds: tuple[float, float] | None = (0.0, 1.0), maximise: bool = True,
+             random_start: bool = False, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """L∞ projected gradient steps on ``x`` (N, ...); returns (the perturbed input, the mean loss per step (steps,)).
+
+    ``loss_fn(x_adv, mask)`` returns a loss per item (N,) or a scalar (its sum is differentiated); ``mask`` is
+    ``draw(step, sample)`` (``None`` without ``draw``). Each step averages the gradient over ``samples`` draws,
+    then moves ``step_size · sign(gradient)`` (up when ``maximise``), keeps the perturbation only inside
+    ``region`` (bool, broadcast to ``x``; ``None`` = everywhere), clips it to ``[-eps, eps]`` and the input to
+    ``bounds``. ``random_start`` starts from uniform noise in the ball (inside the region), drawn on
+    ``generator``. The logged loss is the one before each step's update.
+    """
+    if eps < 0 or step_size <= 0 or steps < 0 or samples < 1:
+        raise ValueError(f"need eps >= 0, step_size > 0, steps >= 0, samples >= 1; got {eps}, {step_size}, "
+                         f"{steps}, {samples}")
+    x = x.detach()
+    keep = None if region is None else region.to(x.device).expand_as(x)
+
+    def project(delta: torch.Tensor) -> torch.Tensor:
+        delta = delta.clamp(-eps, eps)
+        if keep is not None:
+            delta = torch.where(keep, delta, torch.zeros_like(delta))
+        adv = x + delta
+        return adv if bounds is None else adv.clamp(*bounds)
+
+    delta = torch.zeros_like(x)
+    if random_start:
+        u = torch.rand(x.shape, generator=generator, device="cpu" if generator is None else generator.device)
+        delta = (2 * u.to(x) - 1) * eps
+    adv = project(delta)
+    sign = 1.0 if maximise else -1.0
+    history = torch.zeros(steps)
+    for step in range(steps):
+        grad = torch.zeros_like(x)
+        for j in range(samples):
+            probe = adv.clone().requires_grad_(True)
+            loss = loss_fn(probe, None if draw is None else draw(step, j)).sum()
+            (g,) = torch.autograd.grad(loss, probe)
+            grad += g / samples
+            history[step] += loss.detach().cpu() / (samples * len(x))
+        adv = project(adv + sign * step_size * grad.sign() - x)
+    return adv.detach(), history
