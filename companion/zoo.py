@@ -391,7 +391,7 @@ def tgm_video_warm_start(P: dict | None = None) -> nn.Module:
 # maskunet starts from the early checkpoint) and the shapes feature net (toy-FID features, attribute classifier).
 TOY_SD_SOURCES = ("models/layers.py", "models/unet.py", "models/unet1d.py", "models/toy_sd.py", "data/scenes.py",
                   "data/images.py", "data/video.py", "diffusion/gaussian.py", "masks/freeform.py", "train.py")
-TOY_SD_RECIPE = dict(corpus=20000, corpus_seed=100, num_steps=100, early_steps=300, steps=700, batch_size=64,
+TOY_SD_RECIPE = dict(corpus=20000, corpus_seed=100, num_steps=100, early_steps=300, steps=1700, batch_size=64,
                      lr=2e-3, caption_drop=0.1, inpaint=0.5, seed=0)
 
 
