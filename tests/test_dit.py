@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from companion.masks.tokens import token_ratio_mask
+from companion.masks.tokens import token_ratio_mask, token_to_pixel_mask
 from companion.models.dit import DiT, gather_tokens, keep_index, scatter_tokens
 
 
@@ -38,7 +38,7 @@ def test_dropped_patches_are_zero_and_kept_ones_ignore_dropped_inputs_without_mi
     x, t, captions = inputs()
     visible = token_ratio_mask(3, 16, 0.75, torch.Generator().manual_seed(0))
     keep = keep_index(visible)
-    pixels = visible.view(3, 1, 4, 4).repeat_interleave(2, 2).repeat_interleave(2, 3)
+    pixels = token_to_pixel_mask(visible, 2)
     with torch.no_grad():
         out = model(x, t, captions, keep=keep)
         # naive masking: changing a dropped patch's input changes nothing
@@ -53,7 +53,7 @@ def test_deferred_masking_lets_kept_tokens_see_dropped_patches():
     x, t, captions = inputs()
     visible = token_ratio_mask(3, 16, 0.75, torch.Generator().manual_seed(0))
     keep = keep_index(visible)
-    pixels = visible.view(3, 1, 4, 4).repeat_interleave(2, 2).repeat_interleave(2, 3)
+    pixels = token_to_pixel_mask(visible, 2)
     with torch.no_grad():
         out = model(x, t, captions, keep=keep)
         out2 = model(torch.where(pixels, x, torch.randn_like(x)), t, captions, keep=keep)

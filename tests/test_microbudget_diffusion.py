@@ -2,7 +2,7 @@ import torch
 
 from companion.diffusion.gaussian import Schedule
 from companion.eval import count_flops
-from companion.masks.tokens import token_ratio_mask
+from companion.masks.tokens import token_ratio_mask, token_to_pixel_mask
 from companion.methods.masked_image_modeling import microbudget_diffusion as mb
 from companion.models.dit import DiT
 
@@ -24,7 +24,7 @@ def test_patch_loss_weight_averages_over_kept_patches_only():
     w = mb.patch_loss_weight(visible, 2)
     assert w.shape == (5, 1, 8, 8)
     err = torch.rand(5, 3, 8, 8)
-    kept = visible.view(5, 1, 4, 4).repeat_interleave(2, 2).repeat_interleave(2, 3).expand_as(err)
+    kept = token_to_pixel_mask(visible, 2).expand_as(err)
     assert torch.allclose((w * err).mean(), err[kept].mean())
 
 
@@ -49,7 +49,7 @@ def test_the_loss_ignores_dropped_patches():
     x0, captions = batch()
     # the mask the objective draws: the first draw of its generator
     visible = token_ratio_mask(4, 16, 0.75, torch.Generator().manual_seed(7))
-    kept = visible.view(4, 1, 4, 4).repeat_interleave(2, 2).repeat_interleave(2, 3).expand_as(x0)
+    kept = token_to_pixel_mask(visible, 2).expand_as(x0)
     changed = torch.where(kept, x0, torch.rand_like(x0) * 2 - 1)
     for mixer_depth in (0, 1):
         model = small(mixer_depth)
