@@ -8,9 +8,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 JOBS ?= 2
 
-.PHONY: setup data zoo report test lint clean
+.PHONY: setup data speech zoo report test lint clean
 
-setup: $(VENV)/.installed data
+setup: $(VENV)/.installed data speech
 
 # CPU torch first, pinned, so no dependency range can pull another (CUDA) build; then the package.
 $(VENV)/.installed: pyproject.toml
@@ -29,6 +29,15 @@ data:
 	    $(REQUIRE_FASHION) 2>/dev/null; } || \
 	  $(PY) data_scripts/fashion_mnist.py || \
 	  echo "note: Fashion-MNIST not installed; its notebook sections will be skipped" )
+
+# espeak-ng (Debian's package) synthesises the speech notebooks' corpora. Installed when missing (as root, else
+# through sudo); if that fails, one line says how, and those notebooks stop in their data cell saying the same.
+ESPEAK_INSTALL = apt-get update -qq && apt-get install -y -qq --no-install-recommends espeak-ng
+speech:
+	@command -v espeak-ng >/dev/null 2>&1 || \
+	( { if [ "$$(id -u)" = 0 ]; then $(ESPEAK_INSTALL); else sudo -n sh -c '$(ESPEAK_INSTALL)'; fi; } >/dev/null 2>&1 && \
+	  command -v espeak-ng >/dev/null 2>&1 ) || \
+	echo "note: espeak-ng is not installed (the speech notebooks need it): sudo apt-get install -y --no-install-recommends espeak-ng"
 
 zoo: setup
 	$(VENV)/bin/companion zoo build --jobs 2

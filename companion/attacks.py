@@ -1,12 +1,16 @@
-"""Attacks on a model's inputs: L∞ PGD on an input (averaged over random masks where asked), and white-box
-optimisation of continuous click coordinates (TETRIS).
+"""Attacks on a model's inputs: L∞ PGD on an input (averaged over random masks where asked), a universal
+perturbation shared by all inputs, and white-box optimisation of continuous click coordinates (TETRIS).
 
 :func:`pgd_linf` is projected gradient ascent (or descent) with sign steps (Madry et al. 2018) on any tensor
 input — images, spectrograms, waveforms. The perturbation lives in an L∞ ball of radius ``eps`` around the clean
 input, optionally only inside a ``region`` (elsewhere it stays exactly zero), and the perturbed input stays inside
 ``bounds``. When a loss depends on a random mask (an inpainting mask, a masked span), ``draw`` supplies a fresh
 mask per gradient sample and the gradient is averaged over ``samples`` of them per step (expectation over
-transformations, DiffusionGuard's mask augmentation); each step costs ``samples`` forward+backward passes.
+transformations, DiffusionGuard's mask augmentation); each step costs ``samples`` forward+backward passes. On
+log-mel features with ``bounds=None`` and a band ``region`` it is a feature-space attack limited to mel bins.
+
+:func:`universal_perturbation` optimises one perturbation for all inputs with Adam, clamped to ``[-eps, eps]``
+and zero outside a ``region`` (ALMGuard's shortcut-activating perturbation restricted to chosen mel bins).
 
 :func:`optimise_clicks` moves one click per image along the gradient of a differentiable score (for a
 segmenter: soft IoU of its prediction, computed through the Gaussian click map of
@@ -117,3 +121,36 @@ def pgd_linf(loss_fn: Callable, x: torch.Tensor, eps: float, steps: int, step_si
             history[step] += loss.detach().cpu() / (samples * len(x))
         adv = project(adv + sign * step_size * grad.sign() - x)
     return adv.detach(), history
+
+
+def universal_perturbation(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], inputs: torch.Tensor,
+                           eps: float, steps: int, lr: float = 1e-2, batch_size: int = 32,
+                           region: torch.Tensor | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One perturbation shared by every input (a universal perturbation, e.g. ALMGuard's shortcut-activating one).
+
+    Adam steps on ``delta`` (1, ...) over seeded minibatches of ``inputs`` (N, ...): ``loss_fn(x + delta, idx)``
+    (idx the batch's rows, for their targets) is **minimised**; after each step ``delta`` is clamped to
+    ``[-eps, eps]`` and zeroed outside ``region`` (bool, broadcast to one input; ``None`` = everywhere), and the
+    gradient is masked the same way. Returns (delta (1, ...), the loss per step (steps,)).
+    """
+    if eps < 0 or steps < 0 or lr <= 0 or batch_size < 1:
+        raise ValueError(f"need eps >= 0, steps >= 0, lr > 0, batch_size >= 1; got {eps}, {steps}, {lr}, {batch_size}")
+    inputs = inputs.detach()
+    keep = torch.ones(1, *inputs.shape[1:], dtype=torch.bool, device=inputs.device)
+    if region is not None:
+        keep = keep & region.to(inputs.device).expand_as(keep)
+    delta = torch.zeros(1, *inputs.shape[1:], device=inputs.device, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    history = torch.zeros(steps)
+    for step in range(steps):
+        idx = torch.randint(0, len(inputs), (min(batch_size, len(inputs)),), generator=g)
+        loss = loss_fn(inputs[idx.to(inputs.device)] + delta * keep, idx).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        delta.grad = delta.grad * keep
+        opt.step()
+        with torch.no_grad():
+            delta.copy_(delta.clamp(-eps, eps) * keep)
+        history[step] = loss.detach().cpu()
+    return delta.detach(), history

@@ -45,6 +45,7 @@ class Paper:
     status: str
     no_method_module: str = ""  # why the paper needs no companion/methods/<topic>/<slug>.py, if it needs none
     key_figure: str = ""  # the PNG stem (``viz.save(fig, out_dir, "<stem>")``) the report shows as thumbnail
+    needs: tuple[str, ...] = ()  # programs the notebook needs on PATH beyond Python (e.g. "espeak-ng")
 
     @property
     def notebook(self) -> Path:
@@ -67,7 +68,8 @@ def _load(path: Path) -> tuple[Paper, ...]:
     with open(path, "rb") as f:
         rows = tomllib.load(f)["papers"]
     fields = Paper.__dataclass_fields__
-    return tuple(Paper(**{k: row.get(k, "" if fields[k].type == "str" else 0) for k in fields}) for row in rows)
+    return tuple(Paper(**{k: tuple(v) if isinstance(v, list) else v for k, v in row.items() if k in fields})
+                 for row in rows)
 
 
 def papers() -> tuple[Paper, ...]:

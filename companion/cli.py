@@ -237,7 +237,7 @@ def cmd_run(args) -> int:
     _print_result(res)
     if not res.ok:
         print(f"{_PROG}: {res.slug} failed: {res.error}", file=sys.stderr)
-        return 1
+        return 2 if res.error.startswith("DataError") else 1  # missing data or program: a set-up problem
     return 0
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 
 from . import masks, train
+from .eval.probes import linear_probe  # noqa: F401  (re-exported: mim.linear_probe)
 
 MaskFn = Callable[[int, torch.Generator], torch.Tensor]
 
@@ -111,22 +112,6 @@ def patch_labels(objects: torch.Tensor, patch: int) -> torch.Tensor:
     """(N, 1, H, W) bool object masks → (N, L) int64: 1 where at least half a patch lies on the object."""
     share = torch.nn.functional.avg_pool2d(objects.float(), patch, patch)  # [N, 1, H/p, W/p]
     return (share.flatten(1) >= 0.5).long()
-
-
-def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                 c: float = 1.0, max_iter: int = 1000) -> torch.Tensor:
-    """Logistic regression (scikit-learn, standardised features) fit on frozen features.
-
-    train_x [N, D], train_y [N]; returns the per-item correctness of the test items, (M,) bool, so that two
-    probes on the same test items can be compared pairwise. Deterministic (lbfgs).
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter))
-    probe.fit(train_x.numpy(), train_y.numpy())
-    return torch.from_numpy(probe.predict(test_x.numpy()) == test_y.numpy())
 
 
 def mean_fill_loss(images: torch.Tensor, visible: torch.Tensor, patch: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "companion"
 # import each other (what a second paper needs moves down into a core package).
 LAYERS = [
     ("runtime", "catalog", "metrics"),
-    ("data", "masks", "eval"),
+    ("data", "masks", "eval", "audio"),
     ("models", "params"),
     ("train",),
     ("masking", "diffusion", "attacks"),

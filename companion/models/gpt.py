@@ -129,9 +129,14 @@ class GPT(nn.Module):
             bias = fill if bias is None else bias + fill
         return bias, False
 
-    def forward(self, idx, skip=None, cache: KVCache | None = None, attn_bias_fn=None,
-                return_all_logits: bool = False, capture: bool = False, attn_qkv_fn=None):
+    def forward(self, idx=None, skip=None, cache: KVCache | None = None, attn_bias_fn=None,
+                return_all_logits: bool = False, capture: bool = False, attn_qkv_fn=None,
+                embeds: torch.Tensor | None = None, hidden: bool = False):
         """idx (N,L) token ids → logits (N,L,V).
+
+        embeds: (N,L,D) input vectors used instead of the token embedding of ``idx`` (positions are still added;
+        e.g. speech frames or sums of codebook embeddings); ``idx`` is then only needed for ``token_shift``.
+        hidden: return the final LayerNorm'd states (N,L,D) instead of the logits.
 
         skip: (n_layer,) or (N, n_layer) bool, True = that layer is the identity for that sequence.
         cache: a ``KVCache`` continued in place (idx are the next L tokens after ``cache.length``).
@@ -140,27 +145,28 @@ class GPT(nn.Module):
         capture: also return ``{"hidden_states": [n_layer+1 × (N,L,D)], "attentions": [n_layer × (N,H,L,K)]}``
         (attention is None for a layer skipped by the whole batch; rows of skipped sequences are zero).
         """
-        n, length = idx.shape
+        n, length = (idx if embeds is None else embeds).shape[:2]
+        device = (idx if embeds is None else embeds).device
         past = cache.length if cache is not None else 0
         if past + length > self.config.block_size:
             raise ValueError(f"sequence length {past + length} exceeds block_size {self.config.block_size}")
-        pos = torch.arange(past, past + length, device=idx.device)
-        x = self.wte(idx) + self.wpe(pos)  # (N,L,D)
+        pos = torch.arange(past, past + length, device=device)
+        x = (self.wte(idx) if embeds is None else embeds) + self.wpe(pos)  # (N,L,D)
         if self.wse is not None:
             first = torch.full((n, 1), self.config.vocab_size, dtype=idx.dtype, device=idx.device)
             if cache is not None and cache.last_token is not None:
                 first = cache.last_token[:, None]
             x = x + self.wse(torch.cat([first, idx[:, :-1]], dim=1))
         x = self.drop(x)
-        skip = self.skip_matrix(skip, n, idx.device)
+        skip = self.skip_matrix(skip, n, device)
         attn_bias_fn = attn_bias_fn if attn_bias_fn is not None else self.attn_bias_fn
         attn_qkv_fn = attn_qkv_fn if attn_qkv_fn is not None else self.attn_qkv_fn
-        hidden, attentions, all_logits = [x], [], []
+        states, attentions, all_logits = [x], [], []
         for i, block in enumerate(self.blocks):
             skipped = skip[:, i] if skip is not None else None  # (N,) bool
             key_valid = None
             if cache is not None:
-                written = torch.ones(n, length, dtype=torch.bool, device=idx.device)
+                written = torch.ones(n, length, dtype=torch.bool, device=device)
                 if skipped is not None:
                     written = written & ~skipped[:, None]
                 key_valid = cache.append_valid(i, written)
@@ -171,7 +177,7 @@ class GPT(nn.Module):
                     cache.append_kv(i, z, z)
                 attentions.append(None)
             else:
-                mask, is_causal = self._attn_mask(i, length, past + length, attn_bias_fn, key_valid, idx.device)
+                mask, is_causal = self._attn_mask(i, length, past + length, attn_bias_fn, key_valid, device)
                 y, att = block(x, mask, is_causal, cache, capture, attn_qkv_fn)
                 if skipped is not None and bool(skipped.any()):
                     y = torch.where(skipped[:, None, None], x, y)
@@ -179,15 +185,18 @@ class GPT(nn.Module):
                         att = att.masked_fill(skipped[:, None, None, None], 0.0)
                 x = y
                 attentions.append(att)
-            hidden.append(x)
+            states.append(x)
             if return_all_logits:
                 all_logits.append(self.lm_head(self.ln_f(x)))
         if cache is not None:
             cache.length += length
-            cache.last_token = idx[:, -1]
-        out = all_logits if return_all_logits else self.lm_head(self.ln_f(x))
+            cache.last_token = None if idx is None else idx[:, -1]
+        if hidden:
+            out = self.ln_f(x)
+        else:
+            out = all_logits if return_all_logits else self.lm_head(self.ln_f(x))
         if capture:
-            return out, {"hidden_states": hidden, "attentions": attentions}
+            return out, {"hidden_states": states, "attentions": attentions}
         return out
 
     @torch.no_grad()
