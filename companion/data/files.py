@@ -32,8 +32,10 @@ def data_root() -> Path:
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)  # Debian's dataset-fashion-mnist
 FASHION_MNIST_SCRIPT = "python data_scripts/fashion_mnist.py"
 FOREGROUND_SCRIPT = "python data_scripts/foreground.py"
+FSDD_SCRIPT = "python data_scripts/fsdd.py"
 PREPARE = {
     "fashion_mnist": f"{FASHION_MNIST_SCRIPT}  (or: apt-get install dataset-fashion-mnist)",
+    "fsdd": FSDD_SCRIPT,
     "foreground": FOREGROUND_SCRIPT,
     "resnet50_torchvision": FOREGROUND_SCRIPT,
 }
@@ -71,6 +73,30 @@ FASHION_MNIST_MD5 = {
     "t10k-images-idx3-ubyte": ("bef4ecab320f06d8554ea6380940ec79", "8181f5470baa50b63fa0f6fddb340f0a"),
     "t10k-labels-idx1-ubyte": ("bb300cfdad3c16e7a12a480ee83cd310", "15d484375f8d13e6eb1aabb0c3f46965"),
 }
+
+# The Free Spoken Digit Dataset (Jackson et al.; CC BY-SA 4.0): 3,000 recordings, 6 speakers × 10 digits × 50,
+# 8 kHz, from the public repository at a pinned commit. Its files are checked by their git blob SHA-1s: the
+# SHA-256 of the sorted "<file> <blob sha1>" lines of recordings/ must equal FSDD_DIGEST.
+FSDD_DIR = "fsdd"
+FSDD_COMMIT = "26eb9aaf76e81b692f806f9140c2d2777410d7a1"
+FSDD_URL = f"https://codeload.github.com/Jakobovski/free-spoken-digit-dataset/tar.gz/{FSDD_COMMIT}"
+FSDD_DIGEST = "ffdfffa578e96ff40058001e39a248aec5c50b68584ef782f9a9545182cb13c3"
+FSDD_MANIFEST = "MANIFEST"  # written last by data_scripts/fsdd.py: the listing whose digest is FSDD_DIGEST
+
+
+def git_blob_sha1(data: bytes) -> str:
+    """The SHA-1 git gives a file's content (``git hash-object``)."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def fsdd_listing(files: dict[str, bytes]) -> str:
+    """The sorted ``"<file> <blob sha1>\n"`` lines of the recordings ``{file name: content}``."""
+    return "".join(f"{name} {git_blob_sha1(data)}\n" for name, data in sorted(files.items()))
+
+
+def fsdd_dir(data_dir: str = "") -> Path:
+    return (Path(data_dir) if data_dir else data_root()) / FSDD_DIR
+
 
 _verified: set[tuple] = set()  # (path, size, mtime_ns, digests) verified by this process
 
@@ -178,6 +204,8 @@ def available(name: str, data_dir: str = "") -> bool:
         return True
     if name == "fashion_mnist":
         return _fashion_dir(data_dir) is not None
+    if name == "fsdd":
+        return (fsdd_dir(data_dir) / FSDD_MANIFEST).is_file()
     if name == "imagenet_fg":  # layer_masking's full profile: the foreground set and the ResNet-50 weights
         root = Path(data_dir) if data_dir else data_root()
         return (root / FOREGROUND_DIR / "index.tsv").is_file() and resnet50_weights_file(root).is_file()
@@ -191,3 +219,7 @@ def require(name: str, data_dir: str = "") -> None:
         raise DataError(f"dataset {name!r} is not prepared; run: {prepare}")
     if name == "fashion_mnist":
         verify_fashion_mnist(_fashion_dir(data_dir))
+    if name == "fsdd":
+        listing = (fsdd_dir(data_dir) / FSDD_MANIFEST).read_text()
+        if hashlib.sha256(listing.encode()).hexdigest() != FSDD_DIGEST:
+            raise DataError(f"dataset 'fsdd' in {fsdd_dir(data_dir)} does not match its checksum; run: {FSDD_SCRIPT}")

@@ -13,6 +13,8 @@ deterministic, so a warm and a cold cache give the same numbers.
 - :func:`corpus` — every text × voice × pitch × speed, centred in a fixed length: a :class:`SpeechSet`.
 - Voices: :data:`ENGLISH_VOICES` (accents × espeak's male/female variants) and :data:`FOREIGN_VOICES`
   (other languages' voices reading English text: a strong accent, for out-of-domain speech).
+- :func:`load_fsdd` — real recordings for the ``full`` profiles: the Free Spoken Digit Dataset (6 speakers × 10
+  digits × 50), prepared by ``data_scripts/fsdd.py``, as a :class:`SpeechSet` at 16 kHz.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import files
 from .files import DataError
 
 SAMPLE_RATE = 16000
@@ -169,3 +172,32 @@ def corpus(texts, voices, pitches=(40, 60), speeds=(140, 180), seconds: float = 
     waves = fit_length(synthesize(utts, workers), int(round(seconds * SAMPLE_RATE)))
     cols = torch.tensor(combos, dtype=torch.long).reshape(-1, 4)
     return SpeechSet(waves, cols[:, 0], cols[:, 1], cols[:, 2], cols[:, 3], texts, voices, utts)
+
+
+DIGITS = WORDS[10:20]  # "zero" … "nine"
+
+
+def load_fsdd(data_dir: str = "", seconds: float = 1.0) -> SpeechSet:
+    """The Free Spoken Digit Dataset as a :class:`SpeechSet`: texts are the digit words, voices the six speakers;
+    8 kHz recordings resampled to 16 kHz and centred in ``seconds``. Raises ``DataError`` naming the command that
+    prepares it when it is missing or damaged."""
+    from scipy.io import wavfile
+    from scipy.signal import resample_poly
+
+    files.require("fsdd", data_dir)
+    folder = files.fsdd_dir(data_dir) / "recordings"
+    names = sorted(line.split()[0] for line in (folder.parent / files.FSDD_MANIFEST).read_text().splitlines())
+    speakers = tuple(sorted({n.split("_")[1] for n in names}))
+    waves, rows = [], []
+    for name in names:
+        digit, speaker, _ = name[:-4].split("_")
+        rate, wave = wavfile.read(folder / name)
+        wave = wave.astype(np.float32) / 32768.0 if wave.dtype == np.int16 else wave.astype(np.float32)
+        g = np.gcd(SAMPLE_RATE, rate)
+        waves.append(resample_poly(wave, SAMPLE_RATE // g, rate // g).astype(np.float32))
+        rows.append((int(digit), speakers.index(speaker)))
+    cols = torch.tensor(rows, dtype=torch.long).reshape(-1, 2)
+    zeros = torch.zeros(len(rows), dtype=torch.long)
+    utts = [Utterance(DIGITS[t], speakers[v], 0, 0) for t, v in rows]
+    return SpeechSet(fit_length(waves, int(round(seconds * SAMPLE_RATE))), cols[:, 0], cols[:, 1], zeros, zeros,
+                     DIGITS, speakers, utts)
