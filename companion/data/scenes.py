@@ -19,11 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import words
 from .images import SHAPE_CLASSES, _shape_masks
 from .video import COLOURS
 
 VOCAB = ("<pad>", *COLOURS, *SHAPE_CLASSES)
-PAD = 0
+PAD = words.PAD
 CAPTION_LEN = 4
 PALETTE = torch.tensor(list(COLOURS.values()))  # (4, 3)
 
@@ -58,21 +59,12 @@ def caption_ids(colours: torch.Tensor, shapes: torch.Tensor) -> torch.Tensor:
 
 
 def caption_text(ids) -> str:
-    return " ".join(VOCAB[int(i)] for i in ids if int(i) != PAD)
+    return words.decode(ids, VOCAB)
 
 
 def encode(texts: list[str]) -> torch.Tensor:
     """Captions ("red circle blue square") → (N, 4) ids, padded; an unknown word raises a ValueError."""
-    out = torch.full((len(texts), CAPTION_LEN), PAD, dtype=torch.long)
-    for i, text in enumerate(texts):
-        words = text.split()
-        if len(words) > CAPTION_LEN:
-            raise ValueError(f"a caption has at most {CAPTION_LEN} words, got {text!r}")
-        for j, w in enumerate(words):
-            if w not in VOCAB[1:]:
-                raise ValueError(f"unknown word {w!r}; the vocabulary is {', '.join(VOCAB[1:])}")
-            out[i, j] = VOCAB.index(w)
-    return out
+    return words.encode(texts, VOCAB, CAPTION_LEN)
 
 
 def render(colours: torch.Tensor, shapes: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
