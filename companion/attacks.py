@@ -124,33 +124,44 @@ def pgd_linf(loss_fn: Callable, x: torch.Tensor, eps: float, steps: int, step_si
 
 
 def universal_perturbation(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], inputs: torch.Tensor,
-                           eps: float, steps: int, lr: float = 1e-2, batch_size: int = 32,
-                           region: torch.Tensor | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """One perturbation shared by every input (a universal perturbation, e.g. ALMGuard's shortcut-activating one).
+                           eps: float, epochs: int = 1, max_iter: int = 10, lr: float = 1e-2, batch_size: int = 1,
+                           region: torch.Tensor | None = None, stop_below: float | None = None,
+                           init_std: float = 0.0, seed: int = 0) -> tuple[torch.Tensor, list[float]]:
+    """One perturbation shared by every input (a universal perturbation; ALMGuard's shortcut-activating one is
+    trained this way in its official code).
 
-    Adam steps on ``delta`` (1, ...) over seeded minibatches of ``inputs`` (N, ...): ``loss_fn(x + delta, idx)``
-    (idx the batch's rows, for their targets) is **minimised**; after each step ``delta`` is clamped to
-    ``[-eps, eps]`` and zeroed outside ``region`` (bool, broadcast to one input; ``None`` = everywhere), and the
-    gradient is masked the same way. Returns (delta (1, ...), the loss per step (steps,)).
+    ``delta`` (1, ...) starts at ``init_std``·N(0, 1) inside ``region`` and is optimised by one Adam (its state
+    kept throughout) over ``epochs`` passes through ``inputs`` (N, ...) in a seeded order, ``batch_size`` items at
+    a time: on each batch it takes up to ``max_iter`` steps on ``loss_fn(x + delta, idx)`` (idx: the batch's rows,
+    for their targets; a scalar to **minimise**), moving on early once the loss is below ``stop_below``. The
+    gradient is zeroed outside ``region`` (bool, broadcast to one input; ``None`` = everywhere) and after each step
+    ``delta`` is clamped to ``[-eps, eps]`` and zeroed outside it. Returns (delta, the loss of every step taken).
     """
-    if eps < 0 or steps < 0 or lr <= 0 or batch_size < 1:
-        raise ValueError(f"need eps >= 0, steps >= 0, lr > 0, batch_size >= 1; got {eps}, {steps}, {lr}, {batch_size}")
+    if eps < 0 or epochs < 0 or max_iter < 1 or lr <= 0 or batch_size < 1:
+        raise ValueError(f"need eps >= 0, epochs >= 0, max_iter >= 1, lr > 0, batch_size >= 1; got {eps}, {epochs}, "
+                         f"{max_iter}, {lr}, {batch_size}")
     inputs = inputs.detach()
-    keep = torch.ones(1, *inputs.shape[1:], dtype=torch.bool, device=inputs.device)
-    if region is not None:
-        keep = keep & region.to(inputs.device).expand_as(keep)
-    delta = torch.zeros(1, *inputs.shape[1:], device=inputs.device, requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=lr)
     g = torch.Generator().manual_seed(seed)
-    history = torch.zeros(steps)
-    for step in range(steps):
-        idx = torch.randint(0, len(inputs), (min(batch_size, len(inputs)),), generator=g)
-        loss = loss_fn(inputs[idx.to(inputs.device)] + delta * keep, idx).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        delta.grad = delta.grad * keep
-        opt.step()
-        with torch.no_grad():
-            delta.copy_(delta.clamp(-eps, eps) * keep)
-        history[step] = loss.detach().cpu()
-    return delta.detach(), history
+    band = torch.ones(1, *inputs.shape[1:], device=inputs.device)
+    if region is not None:
+        band = band * region.to(inputs.device).expand_as(band).to(band.dtype)
+    delta = init_std * torch.randn(1, *inputs.shape[1:], generator=g).to(band) * band
+    delta.requires_grad_(True)
+    opt = torch.optim.Adam([delta], lr=lr)
+    losses: list[float] = []
+    for _ in range(epochs):
+        order = torch.randperm(len(inputs), generator=g)
+        for start in range(0, len(inputs), batch_size):
+            idx = order[start:start + batch_size]
+            x = inputs[idx.to(inputs.device)]
+            for _ in range(max_iter):
+                loss = loss_fn(x + delta, idx)
+                losses.append(loss.item())
+                if stop_below is not None and loss.item() < stop_below:
+                    break
+                (grad,) = torch.autograd.grad(loss, delta)
+                delta.grad = grad * band
+                opt.step()
+                with torch.no_grad():
+                    delta.copy_(delta.clamp(-eps, eps) * band)
+    return delta.detach(), losses
