@@ -4,6 +4,7 @@ Every classifier has ``forward_features(x)``, ``forward_head(features)`` and ``f
 share one ``Attention``, ``MLP``, ``Block`` and ``PatchEmbed`` from :mod:`companion.models.layers`.
 """
 
+from .clip import ToyCLIP
 from .cnn import BasicBlock, ResNet, SmallCNN, resnet18_like
 from .dit import DiT, DiTConfig
 from .gpt import GPT, GPTConfig
@@ -19,6 +20,6 @@ from .vit import ViT, ViTConfig
 
 __all__ = ["BasicBlock", "ResNet", "SmallCNN", "resnet18_like", "ViT", "ViTConfig", "MAE", "MAEConfig", "mae_tiny",
            "VideoMAE", "VideoMAEConfig", "Seq2Seq", "Seq2SeqConfig", "UNet", "ToySD", "DiT", "DiTConfig", "GPT",
-           "GPTConfig", "KVCache", "MSMEncoder", "SpeechClassifier",
+           "GPTConfig", "KVCache", "MSMEncoder", "SpeechClassifier", "ToyCLIP",
            "Attention", "Block", "MLP", "PatchEmbed", "attention_map_hook",
            "Bottleneck", "ResNet50", "resnet50", "load_torchvision_weights"]

@@ -46,8 +46,9 @@ class ViT(nn.Module):
         p = self.cfg.patch_size
         return (-F.max_pool2d(-mask.float(), p, p)).flatten(1) > 0.5
 
-    def forward_features(self, x, keep_tokens=None, return_attention=False):
-        """x (N,C,H,W); keep_tokens (N,L) bool or None. Returns [CLS] features (N,D) (and attention maps)."""
+    def forward_features(self, x, keep_tokens=None, return_attention=False, all_tokens=False):
+        """x (N,C,H,W); keep_tokens (N,L) bool or None. Returns [CLS] features (N,D) (and attention maps);
+        ``all_tokens``: the final LayerNorm'd states of every token (N,1+L,D), [CLS] first."""
         tokens = self.patch_embed(x)  # (N, L, D)
         tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], dim=1) + self.pos_embed
         attend = None
@@ -58,7 +59,7 @@ class ViT(nn.Module):
         for blk in self.blocks:
             tokens, att = blk(tokens, attend, return_attention=return_attention)
             maps.append(att)
-        feats = self.norm(tokens[:, 0])
+        feats = self.norm(tokens) if all_tokens else self.norm(tokens[:, 0])
         return (feats, maps) if return_attention else feats
 
     def forward_head(self, feats):
