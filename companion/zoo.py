@@ -56,12 +56,29 @@ def names() -> list[str]:
 
 
 def build_order(which: Sequence[str]) -> list[str]:
-    """``which`` with every entry after the entries it continues from (independent ones first, by name): the
-    order a parallel build hands them to its workers, so no worker sits waiting on another's lock early."""
+    """``which`` in the order a parallel build hands it to its workers: every entry after the entries it
+    continues from, and among those ready, the ones more entries continue from first, then continuations, then by
+    name — so a chain (``toy_sd.early`` → ``toy_sd``, the longest build) starts at once and its next link is
+    handed out as soon as a worker frees up, while the independent entries fill the other worker."""
+    which = list(dict.fromkeys(which))
+
     def depth(name: str) -> int:
         return 1 + max((depth(d) for d in AFTER.get(name, ())), default=-1)
 
-    return sorted(dict.fromkeys(which), key=lambda n: (depth(n), n))
+    def descendants(name: str) -> int:
+        return sum(1 for other in which if other != name and _continues_from(other, name))
+
+    order: list[str] = []
+    while len(order) < len(which):
+        ready = [n for n in which if n not in order
+                 and all(d in order or d not in which for d in AFTER.get(n, ()))]
+        order.append(min(ready, key=lambda n: (-descendants(n), -depth(n), n)))
+    return order
+
+
+def _continues_from(name: str, root: str) -> bool:
+    """Whether zoo entry ``name`` continues (directly or through others) from ``root``."""
+    return any(d == root or _continues_from(d, root) for d in AFTER.get(name, ()))
 
 
 def _build_in_worker(name: str) -> float:
@@ -517,3 +534,67 @@ def shapes_featnet(device: str = "auto") -> nn.Module:
             device=device, desc="zoo: shapes feature net")
 
     return cached("shapes_featnet", config, build, train, (data.images, labels), sources=FEATNET_SOURCES)
+
+
+# The open-vocabulary family's toy CLIP (pmp, mask_adapter, frozenseg, fgvp, mask_tuning, uground, stamp): the
+# package's ViT and a bidirectional GPT text tower trained with the symmetric InfoNCE on image-level captions of
+# referring scenes only — the patch tokens are never taught to localise, as in CLIP. Every class (the unseen ones
+# too) appears in captions, as CLIP saw web captions. A share ``dof`` of the images has depth of field (one object
+# sharp, the rest blurred, the caption naming only it); ``toy_clip_nodof`` is the same recipe without them (fgvp).
+TOY_CLIP_SOURCES = ("models/clip.py", "models/vit.py", "models/gpt.py", "models/layers.py", "masks/attention.py",
+                    "data/refer.py", "data/words.py", "data/filters.py", "data/images.py", "data/video.py",
+                    "train.py")
+TOY_CLIP_RECIPE = dict(corpus=4000, close_ups=4000, corpus_seed=110, objects=(1, 6), clutter=(0, 2),
+                       close_up_radius=(3.0, 13.0), dof=0.25, steps=1500, batch_size=128, lr=1e-3,
+                       weight_decay=0.05, seed=0)
+
+
+def toy_clip_corpus(dof: float | None = None):
+    """The captioned scenes the toy CLIPs train on: ``corpus`` referring scenes with 1–6 objects plus
+    ``close_ups`` scenes of one or two objects of any size up to the frame (radius ``close_up_radius``), so that
+    objects are seen at every scale, as on the web (a cropped object fills the frame), and so that colour alone
+    rarely tells a caption from the batch's others; a share ``dof`` (default the recipe's) of each has depth of
+    field. Returns (images (N, 3, 32, 32), captions (N, CAPTION_LEN))."""
+    from .data import refer
+
+    R = TOY_CLIP_RECIPE
+    dof = R["dof"] if dof is None else dof
+    scenes = refer.make_refer_scenes(R["corpus"], seed=R["corpus_seed"], objects=R["objects"],
+                                     clutter=R["clutter"], dof=dof)
+    close = refer.make_refer_scenes(R["close_ups"], seed=R["corpus_seed"] + 1, objects=(1, 2), clutter=(0, 1),
+                                    radius=R["close_up_radius"], dof=dof)
+    return torch.cat([scenes.images, close.images]), torch.cat([scenes.captions, close.captions])
+
+
+def _toy_clip(name: str, dof: float, device: str) -> nn.Module:
+    from .data import refer
+    from .models.clip import ToyCLIP
+    from .runtime import resolve_device
+    from .train import fit
+
+    R = {**TOY_CLIP_RECIPE, "dof": dof}
+    config = dict(recipe=R, device=resolve_device(device).type)
+
+    def build():
+        torch.manual_seed(R["seed"])
+        return ToyCLIP(len(refer.VOCAB), refer.CAPTION_LEN)
+
+    def train(model):
+        images, captions = toy_clip_corpus(dof)
+        fit(model, images, captions, R["steps"], batch_size=R["batch_size"], lr=R["lr"],
+            weight_decay=R["weight_decay"], seed=R["seed"], device=device, loss_fn=lambda m, x, y: m(x, y),
+            desc=f"zoo: {name}")
+
+    return cached(name, config, build, train, sources=TOY_CLIP_SOURCES)
+
+
+@register("toy_clip")
+def toy_clip(device: str = "auto") -> nn.Module:
+    """``ToyCLIP`` trained on ``TOY_CLIP_RECIPE`` (a share ``dof`` of depth-of-field images). Frozen."""
+    return _toy_clip("toy_clip", TOY_CLIP_RECIPE["dof"], device)
+
+
+@register("toy_clip_nodof")
+def toy_clip_nodof(device: str = "auto") -> nn.Module:
+    """The same recipe with no depth-of-field images (fgvp's control). Frozen."""
+    return _toy_clip("toy_clip_nodof", 0.0, device)

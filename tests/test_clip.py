@@ -40,3 +40,30 @@ def test_clip_loss_is_log_n_for_uninformative_embeddings_and_small_for_matching_
     eye = torch.eye(n)
     assert float(clip_loss(eye, eye, torch.tensor(math.log(100.0)))) < 1e-3
     assert float(clip_loss(eye, eye.roll(1, 0), torch.tensor(math.log(100.0)))) > 10
+
+
+def test_classifier_embeds_class_names_like_encode_text():
+    m = _model()
+    ids = refer.words.encode(list(refer.CLASSES[:3]), refer.VOCAB, refer.CAPTION_LEN)
+    assert torch.allclose(m.classifier(refer.CLASSES[:3]), m.encode_text(ids))
+
+
+def test_toy_mllm_puts_image_tokens_first_and_its_head_reads_the_vocabulary():
+    from companion.models.mllm import ToyMLLM, image_tokens
+
+    torch.manual_seed(0)
+    vocab = refer.VOCAB + ("<seg>",)
+    m = ToyMLLM(vocab, image_dim=8, max_len=32, n_layer=1, dim=16)
+    dense = torch.randn(2, 8, 8, 8)
+    tokens = image_tokens(dense, 4)
+    assert tokens.shape == (2, 16, 8)
+    assert torch.allclose(tokens[:, 0], dense[:, :, :2, :2].mean((2, 3)))  # row-major area pooling
+    ids = refer.words.encode(["red circle <seg>"] * 2, vocab, 3)
+    embeds = m.embed(tokens, ids)
+    assert embeds.shape == (2, 19, 16)
+    assert torch.allclose(embeds[:, 16:], m.gpt.wte(ids))
+    hidden = m(embeds)
+    assert hidden.shape == (2, 19, 16) and m.logits(hidden).shape == (2, 19, len(vocab))
+    # causal: the image tokens' states do not depend on the text after them
+    other = m.embed(tokens, refer.words.encode(["blue square <seg>"] * 2, vocab, 3))
+    assert torch.allclose(m(other)[:, :16], hidden[:, :16], atol=1e-6)

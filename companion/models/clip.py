@@ -6,7 +6,8 @@ on image-level captions only (as CLIP was), so patch tokens are never taught to 
 - ``encode_text(ids)`` → (N, D) unit-norm embeddings: the text tower's states averaged over the non-``<pad>``
   words, projected (captions name a set of objects in random order, so the pooling is order-free);
 - :func:`clip_loss` — the symmetric InfoNCE over the batch's image–text similarities (Radford et al. 2021), with
-  a learned temperature (``logit_scale``, clamped at 100 as in CLIP).
+  a learned temperature (``logit_scale``, clamped at 100 as in CLIP);
+- ``classifier(names)`` → (K, D) the text embeddings of class names: the zero-shot classifier.
 
 Token ids come from :mod:`companion.data.words` (``<pad>`` = 0).
 """
@@ -19,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data import refer, words
 from .gpt import GPT, GPTConfig
 from .vit import ViT
 
@@ -61,6 +63,12 @@ class ToyCLIP(nn.Module):
         words = (ids != 0).to(states.dtype)[..., None]
         pooled = (states * words).sum(1) / words.sum(1).clamp_min(1.0)
         return F.normalize(self.text_proj(pooled), dim=-1)
+
+    def classifier(self, names: list[str], vocab: tuple[str, ...] | None = None) -> torch.Tensor:
+        """Class names or phrases (e.g. ``refer.CLASSES``) → (K, D) unit-norm text embeddings, the zero-shot
+        classifier: logits = ``encode_image(x) @ classifier(names).T * logit_scale.exp()``."""
+        ids = words.encode(list(names), vocab or refer.VOCAB, self.text.config.block_size)
+        return self.encode_text(ids.to(self.logit_scale.device))
 
     def forward(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """The contrastive loss of N matching (image, caption) pairs."""
