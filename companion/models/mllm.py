@@ -8,6 +8,9 @@ their own vectors and masks:
 - :func:`image_tokens` pools dense features (N, C, g, g) to a grid × grid of tokens, row-major;
 - ``ToyMLLM.embed(tokens, ids)`` → the input vectors (N, Li + T, dim): projected image tokens, then the text ids'
   embeddings; extra learned vectors (e.g. a ``[MASK]`` embedding) are concatenated by the caller;
+- with ``causal=True`` an ``attn_bias_fn`` mask can only restrict attention further (it is combined with causality
+  by AND); a pattern in which earlier positions see later ones (STAMP's ``[MASK]`` tokens seeing each other) is
+  built with ``causal=False`` and passed whole as the hook;
 - ``ToyMLLM.forward(embeds, ...)`` → the final LayerNorm'd states (N, L, dim) (positions are added inside);
   ``.logits(hidden)`` → next-word logits over ``vocab``.
 """
