@@ -598,3 +598,49 @@ def toy_clip(device: str = "auto") -> nn.Module:
 def toy_clip_nodof(device: str = "auto") -> nn.Module:
     """The same recipe with no depth-of-field images (fgvp's control). Frozen."""
     return _toy_clip("toy_clip_nodof", 0.0, device)
+
+
+# The class-agnostic promptable segmenter (frozenseg injects its prompt-free features; uground prompts it): trained
+# on every object and clutter item of referring scenes without their labels, one random object per prompt kind
+# per image each step (a positive point plus sometimes a negative one, a jittered box, an IoU-jittered dense mask).
+SAM_LITE_SOURCES = ("models/sam_lite.py", "masks/jitter.py", "data/refer.py", "data/words.py", "data/filters.py",
+                    "data/images.py", "data/video.py", "train.py")
+SAM_LITE_RECIPE = dict(corpus=3000, corpus_seed=150, steps=400, batch_size=32, lr=3e-3, seed=151, dim=64)
+
+
+@register("sam_lite")
+def sam_lite(device: str = "auto") -> nn.Module:
+    """``SamLite`` (``models.sam_lite``) trained with ``SAM_LITE_RECIPE`` on ``corpus`` referring scenes (all 24
+    classes and clutter, seed ``corpus_seed``): the BCE + dice loss of one prompt of each kind per image, each on
+    a random non-empty slot (``sample_prompts``). The sparse-embedding path is never trained here. Frozen."""
+    from .data import refer
+    from .models.sam_lite import PROMPT_KINDS, SamLite, mask_loss, sample_prompts
+    from .runtime import resolve_device
+    from .train import fit
+
+    R = SAM_LITE_RECIPE
+    scenes = refer.make_refer_scenes(R["corpus"], seed=R["corpus_seed"])
+    config = dict(recipe=R, device=resolve_device(device).type)
+
+    def build():
+        torch.manual_seed(R["seed"])
+        return SamLite(dim=R["dim"])
+
+    def train(model):
+        g = torch.Generator().manual_seed(R["seed"] + 1)
+
+        def loss_fn(m, images, instances):
+            features = m.image_features(images)
+            present = instances.flatten(2).any(-1).float().cpu()
+            losses = {}
+            for kind in PROMPT_KINDS:
+                slot = torch.multinomial(present, 1, generator=g)[:, 0]
+                target = instances.cpu()[torch.arange(len(slot)), slot]
+                prompts = {k: v.to(images.device) for k, v in sample_prompts(target, kind, g).items()}
+                losses[kind] = mask_loss(m(None, features=features, **prompts), target.to(images.device))
+            return {"loss": sum(losses.values()), **losses}
+
+        fit(model, scenes.images, scenes.instances, R["steps"], batch_size=R["batch_size"], lr=R["lr"],
+            seed=R["seed"], device=device, loss_fn=loss_fn, desc="zoo: sam_lite")
+
+    return cached("sam_lite", config, build, train, (scenes.images, scenes.instances), sources=SAM_LITE_SOURCES)
