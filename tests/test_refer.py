@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from companion.data import refer, scenes, words
-from companion.masking.prompts import PROMPTS, bounding_boxes, visual_prompt
+from companion.masking.prompts import PROMPTS, bounding_boxes, crop_zero_shot, visual_prompt
 from companion.masks.jitter import iou, iou_jitter
+from companion.models.clip import ToyCLIP
 from companion.models.seg import mask_pool
 
 
@@ -115,3 +116,12 @@ def test_mask_pooling_equals_the_masked_mean():
     # masks at image resolution: a mask covering whole 4×4 cells equals the mean over those cells
     big = masks.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)
     assert torch.allclose(mask_pool(feats, big), pooled, atol=1e-5)
+
+
+def test_crop_zero_shot_scores_every_named_object():
+    torch.manual_seed(0)
+    clip = ToyCLIP(len(refer.VOCAB), refer.CAPTION_LEN, dim=16, depth=1, text_layers=1, heads=2).eval()
+    scenes = refer.make_refer_scenes(3, seed=0)
+    correct, labels = crop_zero_shot(clip, scenes)
+    assert correct.dtype == torch.bool and len(correct) == int((scenes.labels >= 0).sum())
+    assert torch.equal(labels.sort().values, scenes.labels[scenes.labels >= 0].sort().values)

@@ -9,6 +9,10 @@ candidate object):
   Gaussian blur of the image (:func:`companion.masking.fill` with the keep mask = the candidate); the
   candidate's own pixels are left untouched;
 - ``blur_circle`` — the blur reverse mask with the ellipse drawn on top.
+
+:func:`crop_zero_shot` — a CLIP-like model's zero-shot class of every named object's crop over
+:data:`companion.data.refer.CLASSES`: the premise every open-vocabulary notebook prints first (does the toy CLIP
+recognise objects at all, seen and unseen classes?).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..data import refer
 from . import fill, gaussian_blur
 
 PROMPTS = ("crop", "box", "circle", "black", "grey", "blur", "blur_circle")
@@ -86,3 +91,16 @@ def visual_prompt(images: torch.Tensor, masks: torch.Tensor, kind: str, blur_sig
         return fill(images, keep, kind)
     blurred = torch.where(keep, images, gaussian_blur(images, blur_sigma))
     return blurred if kind == "blur" else _draw(blurred, _outline(masks, "circle"))
+
+
+@torch.no_grad()
+def crop_zero_shot(clip, scenes: refer.ReferScenes, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-shot classification of every named object's crop (``visual_prompt(..., "crop")``) over the class names
+    by ``clip`` (``encode_image`` and ``classifier``, e.g. ``zoo.toy_clip()``) → (K,) bool correct, (K,) int64
+    true class, objects in scene-then-slot order."""
+    scene, slot = (scenes.labels >= 0).nonzero(as_tuple=True)
+    labels = scenes.labels[scene, slot]
+    crops = visual_prompt(scenes.images[scene], scenes.instances[scene, slot], "crop")
+    classifier = clip.classifier(refer.CLASSES)
+    pred = torch.cat([(clip.encode_image(batch) @ classifier.T).argmax(1) for batch in crops.split(batch_size)])
+    return pred == labels, labels

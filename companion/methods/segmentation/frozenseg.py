@@ -11,7 +11,6 @@ vision-language backbone (CLIP) and a localisation model (SAM) — plus a mask-p
   in small: a grid of positive point prompts, a confidence score per mask, non-maximum suppression;
   :func:`ensemble` — the paper's proposal ensemble for recall (decoder proposals concatenated with the
   zero-shot SAM masks, as in the official ``recall_inference_with_everything``).
-- :func:`crop_zero_shot` — toy-CLIP zero-shot class of object crops (the premise every notebook prints).
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...data import refer
-from ...masking.prompts import visual_prompt
 from ...models.seg import QueryDecoder, hungarian_mask_loss
 
 
@@ -135,18 +133,6 @@ def ensemble(decoder_masks: torch.Tensor, sam_masks: torch.Tensor, sam_keep: tor
     """The proposal ensemble for recall: decoder proposals (N, k, H, W) concatenated with the kept zero-shot SAM
     masks (dropped ones blanked) → (N, k + G, H, W) bool."""
     return torch.cat([decoder_masks, sam_masks & sam_keep[..., None, None]], dim=1)
-
-
-@torch.no_grad()
-def crop_zero_shot(clip, images: torch.Tensor, instances: torch.Tensor, labels: torch.Tensor,
-                   batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Toy-CLIP zero-shot classification of every named object's crop (``visual_prompt(..., "crop")``) over the
-    24 classes. images (N, 3, H, W), instances (N, M, H, W), labels (N, M) → (correct (K,) bool, label (K,))."""
-    i, s = (labels >= 0).nonzero(as_tuple=True)
-    crops = visual_prompt(images[i], instances[i, s], "crop")
-    text = clip.classifier(list(refer.CLASSES))
-    emb = torch.cat([clip.encode_image(c) for c in crops.split(batch)])
-    return (emb @ text.T).argmax(-1) == labels[i, s], labels[i, s]
 
 
 def paint(masks: torch.Tensor) -> torch.Tensor:

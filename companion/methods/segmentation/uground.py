@@ -40,7 +40,6 @@ import torch.nn.functional as F
 
 from ... import train
 from ...data import refer
-from ...masking.prompts import visual_prompt
 from ...models import mllm
 
 VOCAB = (*refer.VOCAB, "<seg>")
@@ -237,19 +236,6 @@ def paired_ratio_interval(pred_a: torch.Tensor, pred_b: torch.Tensor, target: to
     diff = ib[idx].sum(1) / np.maximum(ub[idx].sum(1), 1) - ia[idx].sum(1) / np.maximum(ua[idx].sum(1), 1)
     alpha = (1 - confidence) / 2
     return float(np.quantile(diff, alpha)), float(np.quantile(diff, 1 - alpha))
-
-
-@torch.no_grad()
-def crop_zero_shot(clip, scenes: refer.ReferScenes, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Toy-CLIP zero-shot classification of every named object's crop over the 24 class names → (K,) bool
-    correct, (K,) int64 true class (the premise every notebook of the family prints first)."""
-    scene, slot = (scenes.labels >= 0).nonzero(as_tuple=True)
-    labels = scenes.labels[scene, slot]
-    crops = visual_prompt(scenes.images[scene], scenes.instances[scene, slot], "crop")
-    classifier = clip.classifier(refer.CLASSES)
-    pred = torch.cat([(clip.encode_image(crops[i:i + batch_size]) @ classifier.T).argmax(1)
-                      for i in range(0, len(crops), batch_size)])
-    return pred == labels, labels
 
 
 def empty_predictions(pred: torch.Tensor) -> torch.Tensor:
