@@ -337,13 +337,7 @@ def cmd_zoo(args) -> int:
             return 0
         t0 = time.perf_counter()
         if args.jobs > 1 and len(names) > 1:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = {pool.submit(zoo._build_in_worker, name): name for name in zoo.build_order(names)}
-                for future in as_completed(futures):
-                    print(f"{futures[future]}: {future.result():.1f} s", flush=True)
+            zoo.build_parallel(names, args.jobs, report=lambda name, s: print(f"{name}: {s:.1f} s", flush=True))
         else:
             for name in names:
                 seconds = zoo.build([name])[name]

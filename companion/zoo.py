@@ -87,6 +87,36 @@ def _build_in_worker(name: str) -> float:
     return build([name])[name]
 
 
+def build_parallel(which: Sequence[str], jobs: int, report: Callable[[str, float], object] = lambda n, s: None,
+                   executor=None, worker: Callable[[str], float] | None = None) -> dict[str, float]:
+    """Build the named entries in ``jobs`` worker processes (spawned; ``executor`` overrides the pool, ``worker``
+    the per-entry function): an entry is handed out only once every entry it continues from is built, the ready
+    ones in :func:`build_order`'s priority, so no worker sits on another's lock. ``report(name, seconds)`` is
+    called as each finishes; returns the seconds each took."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    pending = build_order(which)
+    worker = worker or _build_in_worker
+    pool = executor or ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    seconds: dict[str, float] = {}
+    running: dict = {}
+    with pool:
+        while pending or running:
+            for name in list(pending):
+                if len(running) >= jobs:
+                    break
+                if all(d in seconds or d not in which for d in AFTER.get(name, ())):
+                    running[pool.submit(worker, name)] = name
+                    pending.remove(name)
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                name = running.pop(future)
+                seconds[name] = future.result()
+                report(name, seconds[name])
+    return seconds
+
+
 def build(which: Sequence[str] | None = None) -> dict[str, float]:
     """Train (or load) the named entries, all by default; returns the seconds each took."""
     import time

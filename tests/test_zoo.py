@@ -153,3 +153,27 @@ def test_build_order_puts_continuations_after_what_they_continue_from():
     roots = {dep for deps in zoo.AFTER.values() for dep in deps}
     assert set(order[:len(roots)]) == roots  # chains start first, so their continuations are not handed out last
     assert order.index("toy_sd") < order.index("shapes_featnet")
+
+
+def test_parallel_build_hands_out_a_continuation_only_after_what_it_continues_from(monkeypatch):
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(zoo, "AFTER", {"a": (), "a2": ("a",), "b": (), "c": ()})
+    events, lock = [], threading.Lock()
+
+    def worker(name):
+        with lock:
+            events.append(("start", name))
+        time.sleep({"a": 0.05}.get(name, 0.01))
+        with lock:
+            events.append(("end", name))
+        return 1.0
+
+    reported = []
+    seconds = zoo.build_parallel(["a", "a2", "b", "c"], 2, report=lambda n, s: reported.append(n),
+                                 executor=ThreadPoolExecutor(2), worker=worker)
+    assert seconds == {"a": 1.0, "a2": 1.0, "b": 1.0, "c": 1.0} and sorted(reported) == ["a", "a2", "b", "c"]
+    assert events.index(("start", "a2")) > events.index(("end", "a"))
+    assert events[0] == ("start", "a")  # the chain's root first
