@@ -7,6 +7,7 @@ import torch
 from companion.data import refer
 from companion.methods.segmentation import frozenseg
 from companion.models.sam_lite import SamLite
+from companion.models.seg import set_objective
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def test_decoder_shapes_and_loss(scenes, inject):
     out = model(**inputs)
     assert out["masks"].shape == (3, 5, 32, 32) and out["objectness"].shape == (3, 5)
     assert len(out["aux"]) == 2 and out["aux"][0][0].shape == (3, 5, 32, 32)
-    loss = frozenseg.objective(inputs, scenes.instances, scenes.labels >= 0)(model, torch.arange(3), None)
+    loss = set_objective(inputs, scenes.instances, scenes.labels >= 0)(model, torch.arange(3), None)
     loss.backward()
     assert torch.isfinite(loss)
     grads = [p.grad for n, p in model.named_parameters() if "inject" in n]

@@ -6,6 +6,7 @@ import torch
 
 from companion.data import refer
 from companion.methods.segmentation import pmp
+from companion.models.seg import deep_set_loss
 
 
 def test_draw_prompts_present_then_absent():
@@ -53,9 +54,9 @@ def test_set_loss_low_for_perfect_predictions():
     masks = torch.where(scenes.instances, 20.0, -20.0)
     obj = torch.where(valid, 20.0, -20.0)
     out = {"masks": masks, "objectness": obj, "aux": [(masks, obj)]}
-    assert pmp.set_loss(out, scenes.instances, valid).item() < 1e-3
+    assert deep_set_loss(out, scenes.instances, valid).item() < 1e-3
     bad = {"masks": -masks, "objectness": obj, "aux": []}
-    assert pmp.set_loss(bad, scenes.instances, valid).item() > 1.0
+    assert deep_set_loss(bad, scenes.instances, valid).item() > 1.0
     assert q == masks.shape[1]
 
 

@@ -13,6 +13,10 @@ an objectness logit per query.
 objectness, then BCE + dice on matched pairs and objectness BCE on all queries).
 
 :func:`recall_at_iou` — for each valid target mask, whether some proposal reaches an IoU threshold.
+
+:func:`deep_set_loss` — the set loss of the last layer plus ``aux_weight`` × each earlier layer's (deep supervision,
+each layer matched on its own); :func:`set_objective` wraps it as a ``train.fit`` loss over scene indices and
+:func:`predict_batched` runs a decoder over all scenes in batches (pmp and frozenseg train and read decoders so).
 """
 
 from __future__ import annotations
@@ -216,3 +220,30 @@ def recall_at_iou(masks: torch.Tensor, targets: torch.Tensor, valid: torch.Tenso
     iou = inter / union.clamp_min(1)
     best = iou.max(dim=1).values if masks.shape[1] else torch.zeros(valid.shape, device=valid.device)
     return (best >= threshold) & valid.bool()
+
+
+def deep_set_loss(out: dict, targets: torch.Tensor, valid: torch.Tensor, aux_weight: float = 1.0) -> torch.Tensor:
+    """``hungarian_mask_loss`` of a :class:`QueryDecoder` output's last layer + ``aux_weight`` × each earlier
+    layer's (``out["aux"]``; each layer matched on its own). targets (N, M, H, W) bool, valid (N, M) bool."""
+    loss = hungarian_mask_loss(out["masks"], out["objectness"], targets, valid)
+    for masks, objectness in out["aux"]:
+        loss = loss + aux_weight * hungarian_mask_loss(masks, objectness, targets, valid)
+    return loss
+
+
+def set_objective(inputs: dict, targets: torch.Tensor, valid: torch.Tensor, aux_weight: float = 1.0):
+    """``loss_fn(model, idx, _)`` for ``train.fit`` over scene indices: the model is called with every tensor of
+    ``inputs`` (keyword → (N, ...)) indexed by the batch's scenes, and scored by :func:`deep_set_loss`."""
+
+    def loss_fn(model, idx, _):
+        return deep_set_loss(model(**{k: v[idx] for k, v in inputs.items()}), targets[idx], valid[idx], aux_weight)
+
+    return loss_fn
+
+
+@torch.no_grad()
+def predict_batched(model: nn.Module, inputs: dict, batch: int = 256) -> dict:
+    """``model`` over all N scenes of ``inputs`` in batches → dict(masks (N, Q, H, W) logits, objectness (N, Q))."""
+    n = len(next(iter(inputs.values())))
+    outs = [model(**{k: v[i:i + batch] for k, v in inputs.items()}) for i in range(0, n, batch)]
+    return {k: torch.cat([o[k] for o in outs]) for k in ("masks", "objectness")}

@@ -5,8 +5,8 @@ vision-language backbone (CLIP) and a localisation model (SAM) — plus a mask-p
   (Mask2Former-style) with a light pixel decoder (a ×2 transposed convolution to 16×16 mask features). With
   ``inject=True`` the frozen ``sam_lite`` image features are injected as in the paper: into the queries
   (cross-attention each layer: the Query Injector) and into the pixel and mask features (1×1 projections added:
-  the Feature Injector). Masks are upsampled bilinearly to 32×32.
-- :func:`set_loss` / :func:`objective` — the class-agnostic Hungarian set loss (last layer + each earlier one).
+  the Feature Injector). Masks are upsampled bilinearly to 32×32. It trains with
+  ``models.seg.set_objective`` (the Hungarian set loss with deep supervision) and predicts with ``predict_batched``.
 - :func:`top_k` — the k proposals of highest objectness; :func:`everything` — SAM's automatic mask generator
   in small: a grid of positive point prompts, a confidence score per mask, non-maximum suppression;
   :func:`ensemble` — the paper's proposal ensemble for recall (decoder proposals concatenated with the
@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...data import refer
-from ...models.seg import QueryDecoder, hungarian_mask_loss
+from ...models.seg import QueryDecoder
 
 
 class ProposalDecoder(nn.Module):
@@ -46,32 +46,6 @@ class ProposalDecoder(nn.Module):
         out["masks"] = resize(out["masks"])
         out["aux"] = [(resize(m), o) for m, o in out["aux"]]
         return out
-
-
-def set_loss(out: dict, targets: torch.Tensor, valid: torch.Tensor, aux_weight: float = 1.0) -> torch.Tensor:
-    """``hungarian_mask_loss`` of the last layer + ``aux_weight`` × each earlier layer's (deep supervision).
-    targets (N, M, 32, 32) bool, valid (N, M) bool."""
-    loss = hungarian_mask_loss(out["masks"], out["objectness"], targets, valid)
-    for masks, objectness in out["aux"]:
-        loss = loss + aux_weight * hungarian_mask_loss(masks, objectness, targets, valid)
-    return loss
-
-
-def objective(inputs: dict, targets: torch.Tensor, valid: torch.Tensor, aux_weight: float = 1.0):
-    """``loss_fn(model, idx, _)`` for ``train.fit`` over scene indices; ``inputs`` holds ``clip`` (and ``sam``)."""
-
-    def loss_fn(model, idx, _):
-        return set_loss(model(**{k: v[idx] for k, v in inputs.items()}), targets[idx], valid[idx], aux_weight)
-
-    return loss_fn
-
-
-@torch.no_grad()
-def predict(model: ProposalDecoder, inputs: dict, batch: int = 256) -> dict:
-    """``model`` over all scenes in batches → dict(masks (N, Q, 32, 32) logits, objectness (N, Q))."""
-    n = len(inputs["clip"])
-    outs = [model(**{k: v[i:i + batch] for k, v in inputs.items()}) for i in range(0, n, batch)]
-    return {k: torch.cat([o[k] for o in outs]) for k in ("masks", "objectness")}
 
 
 def top_k(masks: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Tensor:

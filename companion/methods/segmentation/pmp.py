@@ -9,8 +9,8 @@ go to the objects the prompts name; proposals are then classified by toy CLIP ag
   next to the upsampled frozen CLIP features: Mask2Former's high-resolution "mask features") and the package's
   :class:`~companion.models.seg.QueryDecoder` on the frozen 8×8 CLIP features (with the stem pooled in), with
   or without its text cross-attention (``text=True`` is PMP);
-- :func:`set_loss` — the Hungarian set loss on the last layer plus the earlier layers' predictions (deep
-  supervision, as in Mask2Former);
+- training and prediction use :func:`companion.models.seg.set_objective` / ``predict_batched`` (the Hungarian
+  set loss on the last layer plus the earlier layers' predictions: deep supervision, as in Mask2Former);
 - :func:`proposals`, :func:`grid_proposals`, :func:`classify_crops`, :func:`classify`, :func:`prompt_ious` —
   evaluation: binary proposals kept by objectness, a fixed-grid trivial proposal set, CLIP classification of
   proposals (crops; mask pooling), and the IoU of each prompted class's predicted region with its ground truth.
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ...data import refer
 from ...masking.prompts import visual_prompt
-from ...models.seg import QueryDecoder, hungarian_mask_loss, mask_pool
+from ...models.seg import QueryDecoder, mask_pool
 
 
 def draw_prompts(labels: torch.Tensor, generator: torch.Generator, present: int = 2, absent: int = 1,
@@ -95,34 +95,6 @@ def prompt_tokens(class_text: torch.Tensor, prompts: torch.Tensor) -> tuple[torc
     """class_text (K, D) embeddings of every class name, prompts (N, P) → tokens (N, P, D) and valid (N, P)."""
     valid = prompts >= 0
     return class_text[prompts.clamp_min(0)] * valid[..., None], valid
-
-
-def set_loss(out: dict, targets: torch.Tensor, valid: torch.Tensor, aux_weight: float = 1.0) -> torch.Tensor:
-    """The Hungarian set loss (``hungarian_mask_loss``) of the last layer + ``aux_weight`` × each earlier
-    layer's (each layer matched on its own). targets (N, M, H, W) bool, valid (N, M) bool."""
-    loss = hungarian_mask_loss(out["masks"], out["objectness"], targets, valid)
-    for masks, objectness in out["aux"]:
-        loss = loss + aux_weight * hungarian_mask_loss(masks, objectness, targets, valid)
-    return loss
-
-
-def objective(model_inputs: dict, targets: torch.Tensor, valid: torch.Tensor, aux_weight: float = 1.0):
-    """``loss_fn(model, idx, _)`` for ``train.fit`` over scene indices: ``model_inputs`` holds ``pixel``,
-    ``images`` and (for PMP) ``text``/``text_mask``, all indexed by the batch's scene indices."""
-
-    def loss_fn(model, idx, _):
-        out = model(**{k: v[idx] for k, v in model_inputs.items()})
-        return set_loss(out, targets[idx], valid[idx], aux_weight)
-
-    return loss_fn
-
-
-@torch.no_grad()
-def predict(model: PromptedSegmenter, model_inputs: dict, batch: int = 256) -> dict:
-    """Run ``model`` over all scenes in batches → dict(masks (N, Q, H, W) logits, objectness (N, Q) logits)."""
-    n = len(model_inputs["pixel"])
-    outs = [model(**{k: v[i:i + batch] for k, v in model_inputs.items()}) for i in range(0, n, batch)]
-    return {k: torch.cat([o[k] for o in outs]) for k in ("masks", "objectness")}
 
 
 def proposals(out: dict, objectness: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
